@@ -1,0 +1,2 @@
+//! API types.
+#![forbid(unsafe_code)]
