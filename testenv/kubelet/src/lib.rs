@@ -1,0 +1,2 @@
+//! Placeholder; built by its issue.
+#![forbid(unsafe_code)]
