@@ -4,5 +4,8 @@ use anyhow::Result;
 
 /// Runs the emulator's fidelity checks through clients other than tiberius.
 pub fn fidelity_clients() -> Result<()> {
-    crate::util::not_built_yet("emulator fidelity through independent clients", "the emulator issue")
+    crate::util::not_built_yet(
+        "emulator fidelity through independent clients",
+        "the emulator issue",
+    )
 }

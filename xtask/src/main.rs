@@ -6,8 +6,8 @@
 //! into a cache outside the repository, keyed by version (see [`util::cache_dir`]).
 #![forbid(unsafe_code)]
 
+mod codegen;
 mod emulator;
-mod gen;
 mod test;
 mod testenv;
 mod util;
@@ -48,7 +48,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Gen { check } => gen::run(check),
+        Command::Gen { check } => codegen::run(check),
         Command::Test(args) => test::run(&args),
         Command::Testenv { action } => testenv::run(action),
         Command::E2e => util::not_built_yet("cargo xtask e2e", "the provider issue (kuttl suites)"),

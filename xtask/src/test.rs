@@ -21,7 +21,7 @@ type Step = (&'static str, fn() -> Result<()>);
 /// The steps, in order. Names are what `--skip` takes.
 const STEPS: &[Step] = &[
     ("fmt", fmt),
-    ("gen", || crate::gen::run(true)),
+    ("gen", || crate::codegen::run(true)),
     ("clippy", clippy),
     ("deny", deny),
     ("unit", unit),
@@ -81,7 +81,15 @@ fn fmt() -> Result<()> {
 fn clippy() -> Result<()> {
     util::run(
         "clippy -D warnings",
-        cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )
     .map(drop)
 }
@@ -95,7 +103,8 @@ const CARGO_DENY: &str = "0.20.2";
 fn deny() -> Result<()> {
     let bin = util::ensure_cargo_tool("cargo-deny", CARGO_DENY, "cargo-deny")?;
     let mut cmd = std::process::Command::new(bin);
-    cmd.current_dir(util::workspace_root()).args(["--log-level", "error", "check"]);
+    cmd.current_dir(util::workspace_root())
+        .args(["--log-level", "error", "check"]);
     if std::env::var_os("DENY_ADVISORIES").is_none_or(|v| v != "1") {
         cmd.args(["bans", "licenses", "sources"]);
     }
@@ -103,5 +112,9 @@ fn deny() -> Result<()> {
 }
 
 fn unit() -> Result<()> {
-    util::run("cargo test --workspace", cargo().args(["test", "--workspace", "--locked"])).map(drop)
+    util::run(
+        "cargo test --workspace",
+        cargo().args(["test", "--workspace", "--locked"]),
+    )
+    .map(drop)
 }

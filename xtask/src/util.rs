@@ -35,7 +35,9 @@ pub fn cache_dir() -> Result<PathBuf> {
 pub fn run(step: &str, cmd: &mut Command) -> Result<std::time::Duration> {
     eprintln!("==> {step}");
     let started = Instant::now();
-    let status = cmd.status().with_context(|| format!("{step}: cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("{step}: cannot start {cmd:?}"))?;
     let took = started.elapsed();
     if !status.success() {
         bail!("{step}: {cmd:?} failed ({status}) after {:.0?}", took);
@@ -59,13 +61,22 @@ pub fn ensure_cargo_tool(krate: &str, version: &str, bin: &str) -> Result<PathBu
     if path.is_file() {
         return Ok(path);
     }
-    eprintln!("    {krate} {version} is not cached yet: building it into {} (a few minutes, once)", root.display());
+    eprintln!(
+        "    {krate} {version} is not cached yet: building it into {} (a few minutes, once)",
+        root.display()
+    );
     run(
         &format!("install {krate} {version}"),
-        cargo().args(["install", "--locked", "--quiet", "--version", version, "--root"]).arg(&root).arg(krate),
+        cargo()
+            .args(["install", "--locked", "--quiet", "--version", version, "--root"])
+            .arg(&root)
+            .arg(krate),
     )?;
     if !path.is_file() {
-        bail!("cargo install {krate} {version} finished but {} is missing", path.display());
+        bail!(
+            "cargo install {krate} {version} finished but {} is missing",
+            path.display()
+        );
     }
     Ok(path)
 }

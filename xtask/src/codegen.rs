@@ -45,7 +45,10 @@ pub fn run(check: bool) -> Result<()> {
     for crd in &crds {
         let module = module_name(crd)?;
         let code = kopium_for(&kopium, crd)?;
-        expected.push((PathBuf::from(OUT_DIR).join(format!("{module}.rs")), rustfmt(&code)?));
+        expected.push((
+            PathBuf::from(OUT_DIR).join(format!("{module}.rs")),
+            rustfmt(&code)?,
+        ));
         modules.push(module);
     }
     let mut index = String::from(
@@ -65,7 +68,11 @@ pub fn run(check: bool) -> Result<()> {
         }
         bail!(
             "generated code is out of date: {} (run `cargo xtask gen` and commit the result)",
-            stale.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            stale
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let out = root.join(OUT_DIR);
@@ -84,7 +91,10 @@ pub fn run(check: bool) -> Result<()> {
 
 /// `package/crds/sqlserver.kubesql.io_databases.yaml` → `databases`.
 fn module_name(crd: &Path) -> Result<String> {
-    let stem = crd.file_stem().and_then(|s| s.to_str()).context("CRD file name is not UTF-8")?;
+    let stem = crd
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .context("CRD file name is not UTF-8")?;
     let plural = stem.rsplit('_').next().unwrap_or(stem);
     Ok(plural.replace(['-', '.'], "_"))
 }
@@ -99,7 +109,11 @@ fn kopium_for(kopium: &Path, crd: &Path) -> Result<String> {
         .output()
         .with_context(|| format!("running kopium on {}", crd.display()))?;
     if !output.status.success() {
-        bail!("kopium failed on {}: {}", crd.display(), String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "kopium failed on {}: {}",
+            crd.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let code = String::from_utf8(output.stdout)?;
     // The header records the kopium binary's path; keep only its name so the output does not
@@ -115,7 +129,11 @@ fn rustfmt(code: &str) -> Result<String> {
         .stdout(Stdio::piped())
         .spawn()
         .context("running rustfmt")?;
-    child.stdin.take().context("rustfmt stdin")?.write_all(code.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .context("rustfmt stdin")?
+        .write_all(code.as_bytes())?;
     let output = child.wait_with_output()?;
     if !output.status.success() {
         bail!("rustfmt rejected generated code");

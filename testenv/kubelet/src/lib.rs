@@ -1,2 +1,0 @@
-//! Placeholder; built by its issue.
-#![forbid(unsafe_code)]
