@@ -1,0 +1,5 @@
+//! The T-SQL subset: lexer, syntax tree and parser.
+
+pub mod ast;
+pub mod lexer;
+pub mod parser;
