@@ -302,20 +302,58 @@ fn managed_resources_follow_crossplane_conventions() {
     }
 }
 
+/// The first place where `a` and `b` differ, comparing numbers by value (the typed model
+/// stores `minimum: 1` as `1.0`).
+fn first_difference(path: &str, a: &Value, b: &Value) -> Option<String> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            (x.as_f64() != y.as_f64()).then(|| format!("{path}: {x} vs {y}"))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            for key in x.keys().chain(y.keys()) {
+                match (x.get(key), y.get(key)) {
+                    (Some(l), Some(r)) => {
+                        if let Some(d) = first_difference(&format!("{path}.{key}"), l, r) {
+                            return Some(d);
+                        }
+                    }
+                    (l, r) => return Some(format!("{path}.{key}: {l:?} vs {r:?}")),
+                }
+            }
+            None
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (l, r))| first_difference(&format!("{path}[{i}]"), l, r)),
+        _ => (a != b).then(|| format!("{path}: {a} vs {b}")),
+    }
+}
+
 #[test]
 fn crd_yaml_round_trips_through_the_typed_model() {
     // A field the typed model does not know would be dropped here: catches typos such as
     // `x-kubernetes-validation` or `additionalPrinterColumn` that the apiserver would also drop.
     for crd in all() {
         let back = serde_json::to_value(&crd.typed).unwrap();
-        let mut raw = crd.raw.clone();
-        // k8s-openapi omits empty metadata fields; compare the parts we wrote.
-        raw["metadata"] = back["metadata"].clone();
-        assert_eq!(
-            back,
-            raw,
-            "{}: fields lost in the typed model",
-            crd.file.display()
-        );
+        if let Some(difference) = first_difference("", &crd.raw, &back) {
+            panic!(
+                "{}: changed by the typed model at {difference}",
+                crd.file.display()
+            );
+        }
     }
+}
+
+#[test]
+fn difference_finder_finds_dropped_fields() {
+    let raw = serde_json::json!({"a": {"minimum": 1, "x-kubernetes-validation": []}});
+    let back = serde_json::json!({"a": {"minimum": 1.0}});
+    assert!(
+        first_difference("", &raw, &back)
+            .unwrap()
+            .contains("x-kubernetes-validation")
+    );
+    assert!(first_difference("", &serde_json::json!({"m": 1}), &serde_json::json!({"m": 1.0})).is_none());
 }
