@@ -765,20 +765,25 @@ async fn send_response(
                 let sleep = tokio::time::sleep(Duration::from_millis(*ms));
                 tokio::pin!(sleep);
                 loop {
+                    // The attention may already be buffered (sent right behind the request).
+                    if wire.tls.is_some() {
+                        while wire.feed_record()? {}
+                    }
+                    let buf = if wire.tls.is_some() {
+                        &mut wire.plain
+                    } else {
+                        &mut wire.raw
+                    };
+                    if buf.first() == Some(&ptype::ATTENTION) && take_packet(buf)?.is_some() {
+                        shared.count(|c| c.attentions += 1);
+                        t.done(token::DONE, done::ATTN, 0, 0);
+                        return wire.send(ptype::REPLY, &t.buf).await;
+                    }
                     tokio::select! {
                         _ = &mut sleep => break,
                         more = wire.fill() => {
                             if !more? {
                                 return Ok(());
-                            }
-                            if wire.tls.is_some() {
-                                while wire.feed_record()? {}
-                            }
-                            let buf = if wire.tls.is_some() { &mut wire.plain } else { &mut wire.raw };
-                            if let Some((h, _)) = take_packet(buf)? && h.ty == ptype::ATTENTION {
-                                shared.count(|c| c.attentions += 1);
-                                t.done(token::DONE, done::ATTN, 0, 0);
-                                return wire.send(ptype::REPLY, &t.buf).await;
                             }
                         }
                     }

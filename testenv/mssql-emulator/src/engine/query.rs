@@ -417,7 +417,18 @@ impl Exec<'_> {
     ) -> (SqlType, bool) {
         match x {
             Expr::Int(_) => (SqlType::Int, false),
-            Expr::Str(t) => (SqlType::VarChar(t.len().max(1) as u16), false),
+            // Literals come back as nvarchar whether or not they had the N prefix.
+            Expr::Str(t) => {
+                let n = t.encode_utf16().count();
+                (
+                    if n > 4000 {
+                        SqlType::NVarCharMax
+                    } else {
+                        SqlType::NVarChar(n.max(1) as u16)
+                    },
+                    false,
+                )
+            }
             Expr::Column(q, c) => {
                 for src in srcs {
                     if q.as_ref()
