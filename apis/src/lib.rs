@@ -22,5 +22,6 @@ pub mod constants;
 pub mod generated;
 pub mod identifier;
 pub mod policies;
+pub mod queue;
 pub mod request;
 pub mod usage;
