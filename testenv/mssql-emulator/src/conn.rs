@@ -424,7 +424,9 @@ async fn login_session(
     wire.send(ptype::REPLY, &t.buf).await?;
     wire.packet_size = size;
     let mut sess = Session::new(wire.spid, login_id, &login_name, db_id);
-    sess.use_db_env = login.flags1 & 0x20 != 0 || true;
+    // Every client in scope sets fUseDB (0x20); pytds and FreeTDS track the database from the
+    // ENVCHANGE, so it is always sent.
+    sess.use_db_env = true;
     shared.register_session(
         wire.spid,
         SessionInfo {

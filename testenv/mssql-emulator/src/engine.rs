@@ -218,9 +218,12 @@ struct Src {
     rows: Vec<Vec<Value>>,
 }
 
+/// One FROM source as seen by expression evaluation: its names, columns and current row.
+type Frame<'r> = (&'r [String], &'r [Column], Option<&'r [Value]>);
+
 #[derive(Clone, Default)]
 struct Env<'r> {
-    frames: Vec<(&'r [String], &'r [Column], Option<&'r [Value]>)>,
+    frames: Vec<Frame<'r>>,
 }
 
 fn sysname() -> SqlType {

@@ -163,7 +163,11 @@ async fn c07_wrong_password() {
     assert!(r.closed().await, "the server closes the connection");
 
     let t = target().await;
-    let e = t.login("sa", "wrong", None).await.err().expect("login fails");
+    let e = t
+        .login("sa", "wrong", None)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("login fails"));
     assert_eq!(e.code(), Some(18456));
 }
 
@@ -180,7 +184,11 @@ async fn c08_missing_login_database() {
     assert_eq!(errs, vec![4060, 18456]);
 
     let t = target().await;
-    let e = t.login("sa", SA, Some("nope")).await.err().expect("fails");
+    let e = t
+        .login("sa", SA, Some("nope"))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("fails"));
     assert_eq!(e.code(), Some(4060), "tiberius reports the first error");
 }
 
@@ -199,7 +207,7 @@ async fn c09_disabled_login() {
         .login(&l, "Str0ng!Passw0rd", None)
         .await
         .err()
-        .expect("disabled");
+        .unwrap_or_else(|| panic!("disabled"));
     assert_eq!(e.code(), Some(18470));
     ok(&mut sa, &format!("ALTER LOGIN [{l}] ENABLE")).await;
     t.login(&l, "Str0ng!Passw0rd", None)
@@ -228,7 +236,11 @@ async fn c10_default_database_dropped() {
         .await
         .expect("default database works");
     ok(&mut sa, &format!("DROP DATABASE [{d}]")).await;
-    let e = t.login(&l, "Str0ng!Passw0rd", None).await.err().expect("fails");
+    let e = t
+        .login(&l, "Str0ng!Passw0rd", None)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("fails"));
     assert_eq!(e.code(), Some(4064));
 }
 
