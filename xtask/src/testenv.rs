@@ -59,6 +59,8 @@ pub enum Action {
     Status(DirArg),
     /// Build the Go tools (once) and print where they are.
     Tools,
+    /// Up, run the kuttl smoke suite (kuttl-tests/testenv), down (what `cargo xtask test` runs).
+    Smoke,
 }
 
 /// Entry point of `cargo xtask testenv`.
@@ -67,6 +69,7 @@ pub fn run(action: Action) -> Result<()> {
         Action::Up(d) => cluster::up(&d.resolve()?).map(drop),
         Action::Down(d) => cluster::down(&d.resolve()?),
         Action::Status(d) => cluster::status(&d.resolve()?),
+        Action::Smoke => smoke(),
         Action::Tools => {
             let t = tools::ensure()?;
             println!("kubernetes {}: {}", t.k8s_version, t.k8s_bin.display());
@@ -80,10 +83,13 @@ pub fn run(action: Action) -> Result<()> {
 /// Longest the smoke suite may run before it is stopped.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
-/// Brings the environment up (in `.testenv/smoke`, so a developer's own `.testenv` stays
-/// untouched), runs the kuttl smoke suite and tears it down, even on failure.
+/// Brings the environment up (in `.testenv/smoke-<pid>`: a developer's own `.testenv`, and a
+/// second run sharing the work tree, stay untouched), runs the kuttl smoke suite and tears it
+/// down, even on failure. The directory is removed after a pass and kept (logs) after a failure.
 pub fn smoke() -> Result<()> {
-    let dir = workspace_root().join(".testenv").join("smoke");
+    let dir = workspace_root()
+        .join(".testenv")
+        .join(format!("smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let started = Instant::now();
     let result = cluster::up(&dir).and_then(|env| {
@@ -95,7 +101,8 @@ pub fn smoke() -> Result<()> {
         eprintln!("    logs kept in {}/logs", dir.display());
     }
     result?;
-    down
+    down?;
+    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
 }
 
 fn run_suite(env: &cluster::Env, dir: &std::path::Path) -> Result<()> {

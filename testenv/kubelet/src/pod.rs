@@ -652,7 +652,14 @@ async fn launch(
     let binary = images::resolve(&ctx.images, &image)?;
     let root = volumes::mount_root(dir, &c.spec)?;
     base.mount_root = root.display().to_string();
-    let vars = env::in_container(env::build(&ctx.client, pod, &c.spec, &base).await, &c.spec)?;
+    let mut vars = env::in_container(env::build(&ctx.client, pod, &c.spec, &base).await, &c.spec)?;
+    // The image's own binaries are on PATH inside a container; here that is the directory of
+    // the mapped executable (so `command: [testprog, …]` and exec probes find it).
+    if let Some(bin_dir) = binary.parent()
+        && let Some((_, path)) = vars.iter_mut().find(|(k, _)| k == "PATH")
+    {
+        *path = format!("{}:{path}", bin_dir.display());
+    }
     let command = env::expand_all(c.spec.command.as_deref().unwrap_or_default(), &vars);
     let args = env::expand_all(c.spec.args.as_deref().unwrap_or_default(), &vars);
     // `command` replaces the image's entrypoint. A path that only exists inside an image (say
