@@ -1,0 +1,5 @@
+//! worker
+#![forbid(unsafe_code)]
+
+pub mod kinds;
+pub mod sql;
