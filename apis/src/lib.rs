@@ -25,3 +25,6 @@ pub mod policies;
 pub mod queue;
 pub mod request;
 pub mod usage;
+
+/// The internal WorkItem CRD, as the provider installs it at start-up (server-side apply).
+pub const WORK_ITEM_CRD_YAML: &str = include_str!("../crds/queue.sqlserver.kubesql.io_workitems.yaml");

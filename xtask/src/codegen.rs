@@ -104,7 +104,14 @@ fn module_name(crd: &Path) -> Result<String> {
 fn kopium_for(kopium: &Path, crd: &Path) -> Result<String> {
     let output = Command::new(kopium)
         .current_dir(workspace_root())
-        .args(["--docs", "--schema=disabled", "--derive=PartialEq", "--filename"])
+        .args([
+            "--docs",
+            "--schema=disabled",
+            "--derive=PartialEq",
+            "--derive=@struct=Default",
+            "--smart-derive-elision",
+        ])
+        .arg("--filename")
         .arg(crd)
         .output()
         .with_context(|| format!("running kopium on {}", crd.display()))?;

@@ -1,0 +1,422 @@
+//! The (Cluster)ProviderConfig controller: one identity-bound worker per config.
+//!
+//! ```text
+//! config ─▶ validate (apis::config) ─▶ SA (+ identity annotations), Roles, RoleBindings, Deployment (SSA)
+//!        ─▶ Deployment + Lease + WorkItems ─▶ Ready, WorkerReady, users, queue depth, oldest pending age
+//! ```
+//! Deleting a config is blocked (finalizer `in-use.crossplane.io`) while ProviderConfigUsages
+//! name it; once free, owner references take the worker away with it.
+
+use crate::{
+    Ctx, Error,
+    status::Cond,
+    workers::{self, ConfigIdentity, LABEL_INSTANCE},
+};
+use apis::{
+    config::ServerConfig,
+    constants::{
+        FINALIZER_IN_USE, LABEL_PROVIDER_CONFIG, LABEL_PROVIDER_CONFIG_KIND, LABEL_WORKER, condition, event,
+        reason,
+    },
+    generated::{
+        clusterproviderconfigs::ClusterProviderConfig, providerconfigs::ProviderConfig, workitems::WorkItem,
+    },
+    queue::PROVIDER_MANAGER,
+    request::ConfigKind,
+    usage::ProviderConfigUsage,
+};
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        coordination::v1::Lease,
+        core::v1::{Pod, ServiceAccount},
+        rbac::v1::{Role, RoleBinding},
+    },
+    apimachinery::pkg::apis::meta::v1::Condition,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event as KubeEvent, EventType},
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+use std::{fmt::Debug, sync::Arc, time::Duration};
+
+/// How long a Lease may go unrenewed before the worker counts as stuck (kube-lease-manager's
+/// default duration is 30 s; twice that tolerates one missed renewal and clock skew).
+const LEASE_STALE_AFTER: Duration = Duration::from_secs(60);
+/// How often a config's worker health is re-read.
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// What both config kinds provide to the reconciler.
+pub trait ConfigKindExt:
+    Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    /// Which kind.
+    const KIND: ConfigKind;
+    /// Validated config.
+    fn server(&self) -> Result<ServerConfig, String>;
+    /// Current status as JSON.
+    fn status_json(&self) -> serde_json::Value;
+    /// The API to write this object through.
+    fn api(&self, client: kube::Client) -> Api<Self>;
+}
+
+impl ConfigKindExt for ProviderConfig {
+    const KIND: ConfigKind = ConfigKind::ProviderConfig;
+    fn server(&self) -> Result<ServerConfig, String> {
+        ServerConfig::try_from(self).map_err(|e| e.to_string())
+    }
+    fn status_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.status).unwrap_or_default()
+    }
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::namespaced(client, self.metadata.namespace.as_deref().unwrap_or_default())
+    }
+}
+
+impl ConfigKindExt for ClusterProviderConfig {
+    const KIND: ConfigKind = ConfigKind::ClusterProviderConfig;
+    fn server(&self) -> Result<ServerConfig, String> {
+        ServerConfig::try_from(self).map_err(|e| e.to_string())
+    }
+    fn status_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.status).unwrap_or_default()
+    }
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::all(client)
+    }
+}
+
+fn kind_name(kind: ConfigKind) -> &'static str {
+    match kind {
+        ConfigKind::ProviderConfig => "ProviderConfig",
+        ConfigKind::ClusterProviderConfig => "ClusterProviderConfig",
+    }
+}
+
+/// Entry point for `Controller::run`.
+pub async fn reconcile<K: ConfigKindExt>(obj: Arc<K>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(&*obj, &ctx).await;
+    ctx.metrics
+        .reconciled(kind_name(K::KIND), started.elapsed(), result.as_ref().err());
+    result
+}
+
+/// Invalid configs wait for a change; other failures retry.
+pub fn error_policy<K: ConfigKindExt>(_obj: Arc<K>, error: &Error, _ctx: Arc<Ctx>) -> Action {
+    match error {
+        Error::Invalid(_) => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(10)),
+    }
+}
+
+async fn usages(ctx: &Ctx, identity: &ConfigIdentity) -> Result<usize, Error> {
+    let selector = format!(
+        "{LABEL_PROVIDER_CONFIG}={},{LABEL_PROVIDER_CONFIG_KIND}={}",
+        workers::fit(&identity.name, 63),
+        kind_name(identity.kind)
+    );
+    let api: Api<ProviderConfigUsage> = match &identity.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    Ok(api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .len())
+}
+
+async fn reconcile_inner<K: ConfigKindExt>(obj: &K, ctx: &Ctx) -> Result<Action, Error> {
+    let api = obj.api(ctx.client.clone());
+    let name = obj.name_any();
+    let identity = ConfigIdentity {
+        kind: K::KIND,
+        name: name.clone(),
+        namespace: obj.meta().namespace.clone(),
+        uid: obj.meta().uid.clone().unwrap_or_default(),
+    };
+    let old: Vec<Condition> = obj
+        .status_json()
+        .get("conditions")
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default();
+    let users = usages(ctx, &identity).await?;
+
+    if obj.meta().deletion_timestamp.is_some() {
+        if users > 0 {
+            let message = "Blocking deletion while usages still exist".to_owned();
+            let terminating = Cond {
+                status: "True",
+                reason: reason::IN_USE,
+                message: message.clone(),
+            };
+            write_status(
+                &api,
+                obj,
+                &old,
+                &[(condition::TERMINATING, terminating)],
+                users,
+                None,
+            )
+            .await?;
+            publish(
+                ctx,
+                obj,
+                EventType::Warning,
+                event::USAGE_ACCOUNTING,
+                &format!("{message}: {users} managed resources"),
+            )
+            .await;
+            return Ok(Action::requeue(RESYNC));
+        }
+        let finalizers: Vec<&String> = obj
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER_IN_USE)
+            .collect();
+        let patch =
+            json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.meta().resource_version}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        return Ok(Action::await_change());
+    }
+    if !obj.finalizers().iter().any(|f| f == FINALIZER_IN_USE) {
+        let mut finalizers = obj.finalizers().to_vec();
+        finalizers.push(FINALIZER_IN_USE.to_owned());
+        let patch =
+            json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.meta().resource_version}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
+
+    let server = match obj.server() {
+        Ok(server) => server,
+        Err(message) => {
+            let ready = Cond {
+                status: "False",
+                reason: reason::RECONCILE_ERROR,
+                message: message.clone(),
+            };
+            write_status(&api, obj, &old, &[(condition::READY, ready)], users, None).await?;
+            publish(ctx, obj, EventType::Warning, event::CANNOT_CONNECT, &message).await;
+            return Err(Error::Invalid(message));
+        }
+    };
+
+    let objects = workers::build(
+        &identity,
+        &server,
+        &ctx.provider_namespace,
+        &ctx.worker_image,
+        &ctx.log_format,
+    );
+    let pp = PatchParams::apply(PROVIDER_MANAGER).force();
+    if let Some(sa) = &objects.service_account {
+        Api::<ServiceAccount>::namespaced(ctx.client.clone(), &objects.namespace)
+            .patch(&objects.name, &pp, &Patch::Apply(sa))
+            .await?;
+    }
+    for (role, binding) in &objects.access {
+        let ns = role.metadata.namespace.clone().unwrap_or_default();
+        Api::<Role>::namespaced(ctx.client.clone(), &ns)
+            .patch(&objects.name, &pp, &Patch::Apply(role))
+            .await?;
+        Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
+            .patch(&objects.name, &pp, &Patch::Apply(binding))
+            .await?;
+    }
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &objects.namespace);
+    let deployment = deployments
+        .patch(&objects.name, &pp, &Patch::Apply(&objects.deployment))
+        .await?;
+
+    // Worker health: Deployment availability and Lease freshness.
+    let available = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    let ready_replicas = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let lease = Api::<Lease>::namespaced(ctx.client.clone(), &objects.namespace)
+        .get_opt(&objects.name)
+        .await?;
+    let holder = lease
+        .as_ref()
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| s.holder_identity.clone());
+    let renewed = lease
+        .as_ref()
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| s.renew_time.as_ref())
+        .map(|t| t.0);
+    let stale = renewed
+        .is_some_and(|t| Timestamp::now().duration_since(t).as_secs() > LEASE_STALE_AFTER.as_secs() as i64);
+    let worker_ready = if available == 0 {
+        Cond {
+            status: "False",
+            reason: "DeploymentUnavailable",
+            message: format!(
+                "worker {}/{} has no available pod (a worker is ready once it can reach SQL Server; see its logs)",
+                objects.namespace, objects.name
+            ),
+        }
+    } else if stale && holder.is_some() {
+        // Pods look alive but nobody renews the Lease: the worker is stuck. Restart it.
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &objects.namespace);
+        let selector = format!("{LABEL_INSTANCE}={}", objects.name);
+        for pod in pods.list(&ListParams::default().labels(&selector)).await?.items {
+            pods.delete(&pod.name_any(), &DeleteParams::default()).await.ok();
+        }
+        publish(
+            ctx,
+            obj,
+            EventType::Warning,
+            "LeaseExpired",
+            "worker Lease not renewed; restarting its pods",
+        )
+        .await;
+        Cond {
+            status: "False",
+            reason: "LeaseExpired",
+            message: "the worker stopped renewing its Lease; its pods were restarted".into(),
+        }
+    } else if holder.is_none() {
+        Cond {
+            status: "False",
+            reason: "LeaseNotHeld",
+            message: "no worker pod holds the Lease yet".into(),
+        }
+    } else {
+        Cond {
+            status: "True",
+            reason: "LeaseHeld",
+            message: format!(
+                "worker pod {} holds the Lease",
+                holder.clone().unwrap_or_default()
+            ),
+        }
+    };
+
+    // Queue depth: items the worker has not acted on at their current generation.
+    let items: Api<WorkItem> = Api::namespaced(ctx.client.clone(), &objects.namespace);
+    let listed = items
+        .list(&ListParams::default().labels(&format!("{LABEL_WORKER}={}", objects.name)))
+        .await?
+        .items;
+    let pending: Vec<&WorkItem> = listed
+        .iter()
+        .filter(|i| i.status.as_ref().and_then(|s| s.observed_generation) != i.metadata.generation)
+        .collect();
+    let oldest = pending
+        .iter()
+        .filter_map(|i| i.metadata.creation_timestamp.as_ref())
+        .map(|t| Timestamp::now().duration_since(t.0).as_secs().max(0))
+        .max()
+        .unwrap_or(0);
+
+    let ready = Cond {
+        status: "True",
+        reason: reason::AVAILABLE,
+        message: String::new(),
+    };
+    let mut conditions = vec![(condition::READY, ready), (condition::WORKER_READY, worker_ready)];
+    if server.tls.trust_server_certificate {
+        conditions.push((
+            condition::INSECURE,
+            Cond {
+                status: "True",
+                reason: "TrustServerCertificate",
+                message: "the worker does not validate the server certificate (tls.trustServerCertificate: true); use a CA for production".into(),
+            },
+        ));
+    }
+    let worker_status = json!({
+        "namespace": objects.namespace,
+        "deployment": objects.name,
+        "serviceAccount": server.worker.service_account_name.clone().unwrap_or_else(|| objects.name.clone()),
+        "leaseHolder": holder,
+        "readyReplicas": ready_replicas,
+        "queueDepth": pending.len(),
+        "oldestPendingAgeSeconds": oldest,
+    });
+    write_status(&api, obj, &old, &conditions, users, Some(worker_status)).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn write_status<K: ConfigKindExt>(
+    api: &Api<K>,
+    obj: &K,
+    old: &[Condition],
+    conditions: &[(&str, Cond)],
+    users: usize,
+    worker: Option<serde_json::Value>,
+) -> Result<(), Error> {
+    let now = Timestamp::now();
+    let generation = obj.meta().generation;
+    let list: Vec<Condition> = conditions
+        .iter()
+        .map(|(kind, c)| {
+            let since = match old.iter().find(|o| o.type_ == *kind) {
+                Some(o) if o.status == c.status => o.last_transition_time.clone(),
+                _ => k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
+            };
+            Condition {
+                type_: (*kind).to_owned(),
+                status: c.status.to_owned(),
+                reason: c.reason.to_owned(),
+                message: c.message.clone(),
+                last_transition_time: since,
+                observed_generation: generation,
+            }
+        })
+        .collect();
+    let current = obj.status_json();
+    let mut status = json!({"conditions": list, "users": users, "observedGeneration": generation});
+    if let Some(worker) = worker {
+        status["worker"] = worker;
+    }
+    let unchanged = crate::status::same_conditions(
+        &current
+            .get("conditions")
+            .and_then(|c| serde_json::from_value::<Vec<Condition>>(c.clone()).ok())
+            .unwrap_or_default(),
+        &list,
+    ) && current.get("users") == status.get("users")
+        && current.get("worker") == status.get("worker")
+        && current.get("observedGeneration") == status.get("observedGeneration");
+    if unchanged {
+        return Ok(());
+    }
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish<K: ConfigKindExt>(ctx: &Ctx, obj: &K, type_: EventType, reason: &str, note: &str) {
+    let ev = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+}

@@ -1,0 +1,851 @@
+//! What a (Cluster)ProviderConfig turns into: the worker's ServiceAccount, Roles, RoleBindings
+//! and Deployment. Pure: built from the validated [`ServerConfig`], applied by
+//! [`crate::configs`].
+//!
+//! Least privilege (DESIGN.md): the worker's Role in its namespace grants its WorkItems (read,
+//! status), its own Lease, events, and `get` on exactly the Secrets and ConfigMaps it needs by
+//! name. Password Secrets of managed resources in other namespaces get their own per-Secret
+//! Roles, maintained by the managed-resource controllers ([`secret_access`]).
+
+use apis::{
+    config::{CaSource, Credentials, ObjectRef, ServerConfig, TlsMode},
+    constants::{GROUP, QUEUE_GROUP, VERSION},
+    queue::env,
+    request::ConfigKind,
+};
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
+        core::v1::{
+            Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+            SecretKeySelector, SecurityContext, ServiceAccount, Toleration,
+        },
+        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
+};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// Port of the worker's `/healthz`, `/readyz` and `/metrics`.
+pub const WORKER_HEALTH_PORT: i32 = 8080;
+/// Label naming the component.
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+/// Label naming the worker instance.
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+/// Label naming who manages the object.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`LABEL_NAME`] on worker objects.
+pub const WORKER_COMPONENT: &str = "sqlserver-worker";
+/// Value of [`LABEL_MANAGED_BY`].
+pub const MANAGED_BY: &str = "provider-sqlserver";
+/// Label on worker objects: kind of the config they serve.
+pub const LABEL_CONFIG_KIND: &str = "sqlserver.kubesql.io/config-kind";
+/// Label on worker objects: name of the config they serve (hashed if too long).
+pub const LABEL_CONFIG_NAME: &str = "sqlserver.kubesql.io/config-name";
+
+/// Which config a worker serves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConfigIdentity {
+    /// ProviderConfig or ClusterProviderConfig.
+    pub kind: ConfigKind,
+    /// Name of the config.
+    pub name: String,
+    /// Namespace (ProviderConfig only).
+    pub namespace: Option<String>,
+    /// UID, for owner references.
+    pub uid: String,
+}
+
+impl ConfigIdentity {
+    /// The owner reference every worker object carries, so deleting the config removes them.
+    pub fn owner_reference(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: format!("{GROUP}/{VERSION}"),
+            kind: match self.kind {
+                ConfigKind::ProviderConfig => "ProviderConfig",
+                ConfigKind::ClusterProviderConfig => "ClusterProviderConfig",
+            }
+            .to_owned(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+}
+
+/// Shortens `text` to at most `max` characters, replacing the tail with a hash when it is
+/// cut, so distinct long inputs stay distinct (label values and names have length limits).
+pub fn fit(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let digest = Sha256::digest(text.as_bytes());
+    let hash: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+    let keep = max - hash.len() - 1;
+    let mut cut = text[..keep].trim_end_matches(['-', '.']).to_owned();
+    cut.push('-');
+    cut.push_str(&hash);
+    cut
+}
+
+/// Name of the worker serving a config: Deployment, ServiceAccount, Role, Lease and the
+/// WorkItem label value all use it. Kinds get distinct prefixes so a ProviderConfig and a
+/// ClusterProviderConfig of the same name never share a worker.
+pub fn worker_name(config: &ConfigIdentity) -> String {
+    let prefix = match config.kind {
+        ConfigKind::ProviderConfig => "sqlserver-worker-pc",
+        ConfigKind::ClusterProviderConfig => "sqlserver-worker-cpc",
+    };
+    // 63: the name is also a label value.
+    fit(&format!("{prefix}-{}", config.name), 63)
+}
+
+/// Namespace the worker runs in: a ProviderConfig's own; for a ClusterProviderConfig with a
+/// Secret source, the Secret's namespace (so `secretKeyRef` can reach it); otherwise the
+/// provider's namespace.
+pub fn worker_namespace(config: &ConfigIdentity, server: &ServerConfig, provider_namespace: &str) -> String {
+    match (&config.namespace, &server.credentials) {
+        (Some(ns), _) => ns.clone(),
+        (None, Credentials::Secret { secret, .. }) => secret.namespace.clone(),
+        (None, _) => provider_namespace.to_owned(),
+    }
+}
+
+/// Everything the provider applies for one config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerObjects {
+    /// Worker name.
+    pub name: String,
+    /// Worker namespace.
+    pub namespace: String,
+    /// The ServiceAccount to create, unless the config names an existing one.
+    pub service_account: Option<ServiceAccount>,
+    /// Role + RoleBinding per namespace holding something the worker must read or write;
+    /// the first is the worker's own namespace (queue, Lease, events).
+    pub access: Vec<(Role, RoleBinding)>,
+    /// The worker Deployment.
+    pub deployment: Deployment,
+}
+
+/// Labels common to every worker object.
+pub fn worker_labels(config: &ConfigIdentity, name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_owned(), WORKER_COMPONENT.to_owned()),
+        (LABEL_INSTANCE.to_owned(), name.to_owned()),
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (
+            LABEL_CONFIG_KIND.to_owned(),
+            match config.kind {
+                ConfigKind::ProviderConfig => "ProviderConfig",
+                ConfigKind::ClusterProviderConfig => "ClusterProviderConfig",
+            }
+            .to_owned(),
+        ),
+        (LABEL_CONFIG_NAME.to_owned(), fit(&config.name, 63)),
+    ])
+}
+
+fn meta(
+    name: &str,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    owner: &OwnerReference,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        labels: Some(labels.clone()),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    }
+}
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str], names: &[String]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
+        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+        verbs: verbs.iter().map(|s| s.to_string()).collect(),
+        resource_names: (!names.is_empty()).then(|| names.to_vec()),
+        ..Default::default()
+    }
+}
+
+/// Secrets and ConfigMaps (by namespace) the worker must read for its config.
+fn config_reads(server: &ServerConfig) -> BTreeMap<String, (Vec<String>, Vec<String>)> {
+    let mut reads: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    let mut add = |object: &ObjectRef, secret: bool| {
+        let entry = reads.entry(object.namespace.clone()).or_default();
+        let list = if secret { &mut entry.0 } else { &mut entry.1 };
+        if !list.contains(&object.name) {
+            list.push(object.name.clone());
+        }
+    };
+    if let Credentials::Secret { secret, .. } = &server.credentials {
+        add(secret, true);
+    }
+    match &server.tls.ca {
+        Some(CaSource::Secret { object, .. }) => add(object, true),
+        Some(CaSource::ConfigMap { object, .. }) => add(object, false),
+        None => {}
+    }
+    reads
+}
+
+/// Builds every object of a config's worker.
+pub fn build(
+    config: &ConfigIdentity,
+    server: &ServerConfig,
+    provider_namespace: &str,
+    default_image: &str,
+    log_format: &str,
+) -> WorkerObjects {
+    let name = worker_name(config);
+    let namespace = worker_namespace(config, server, provider_namespace);
+    let labels = worker_labels(config, &name);
+    let owner = config.owner_reference();
+    let service_account_name = server
+        .worker
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| name.clone());
+
+    let service_account = server.worker.service_account_name.is_none().then(|| {
+        let mut annotations = server.worker.service_account_annotations.clone();
+        match &server.credentials {
+            Credentials::AzureWorkloadIdentity {
+                client_id, tenant_id, ..
+            } => {
+                annotations.insert("azure.workload.identity/client-id".into(), client_id.clone());
+                annotations.insert("azure.workload.identity/tenant-id".into(), tenant_id.clone());
+            }
+            Credentials::AwsSecretsManager {
+                role_arn: Some(arn), ..
+            } => {
+                annotations.insert("eks.amazonaws.com/role-arn".into(), arn.clone());
+            }
+            _ => {}
+        }
+        let mut meta = meta(&name, &namespace, &labels, &owner);
+        meta.annotations = (!annotations.is_empty()).then_some(annotations);
+        ServiceAccount {
+            metadata: meta,
+            ..Default::default()
+        }
+    });
+
+    // The worker's own namespace always comes first: it holds the queue and the Lease.
+    let mut reads = config_reads(server);
+    let own_reads = reads.remove(&namespace).unwrap_or_default();
+    let subject = Subject {
+        kind: "ServiceAccount".into(),
+        name: service_account_name.clone(),
+        namespace: Some(namespace.clone()),
+        ..Default::default()
+    };
+    let binding = |role_name: &str, ns: &str| RoleBinding {
+        metadata: meta(role_name, ns, &labels, &owner),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: role_name.into(),
+        },
+        subjects: Some(vec![subject.clone()]),
+    };
+    let mut own_rules = vec![
+        rule(&[QUEUE_GROUP], &["workitems"], &["get", "list", "watch"], &[]),
+        rule(
+            &[QUEUE_GROUP],
+            &["workitems/status"],
+            &["get", "patch", "update"],
+            &[],
+        ),
+        // `create` cannot be limited by name; everything else on Leases is this worker's only.
+        rule(&["coordination.k8s.io"], &["leases"], &["create"], &[]),
+        rule(
+            &["coordination.k8s.io"],
+            &["leases"],
+            &["get", "update", "patch"],
+            std::slice::from_ref(&name),
+        ),
+        rule(&["", "events.k8s.io"], &["events"], &["create", "patch"], &[]),
+    ];
+    if !own_reads.0.is_empty() {
+        own_rules.push(rule(&[""], &["secrets"], &["get"], &own_reads.0));
+    }
+    if !own_reads.1.is_empty() {
+        own_rules.push(rule(&[""], &["configmaps"], &["get"], &own_reads.1));
+    }
+    let mut access = vec![(
+        Role {
+            metadata: meta(&name, &namespace, &labels, &owner),
+            rules: Some(own_rules),
+        },
+        binding(&name, &namespace),
+    )];
+    for (ns, (secrets, configmaps)) in reads {
+        let mut rules = Vec::new();
+        if !secrets.is_empty() {
+            rules.push(rule(&[""], &["secrets"], &["get"], &secrets));
+        }
+        if !configmaps.is_empty() {
+            rules.push(rule(&[""], &["configmaps"], &["get"], &configmaps));
+        }
+        access.push((
+            Role {
+                metadata: meta(&name, &ns, &labels, &owner),
+                rules: Some(rules),
+            },
+            binding(&name, &ns),
+        ));
+    }
+
+    let deployment = deployment(
+        server,
+        &name,
+        &namespace,
+        &labels,
+        &owner,
+        &service_account_name,
+        default_image,
+        log_format,
+    );
+    WorkerObjects {
+        name,
+        namespace,
+        service_account,
+        access,
+        deployment,
+    }
+}
+
+fn plain(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn secret_key(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The worker's environment, per apis::queue::env. Secret values only ever travel as
+/// `secretKeyRef`s: the provider never reads the worker's credentials.
+pub fn worker_env(server: &ServerConfig, name: &str, log_format: &str) -> Vec<EnvVar> {
+    let mut vars = vec![
+        plain(env::WORKER_NAME, name),
+        field(env::POD_NAMESPACE, "metadata.namespace"),
+        field(env::POD_NAME, "metadata.name"),
+        field(env::POD_IP, "status.podIP"),
+        plain(env::SQL_HOST, &server.endpoint.host),
+        plain(env::SQL_PORT, server.endpoint.port.to_string()),
+    ];
+    if let Some(instance) = &server.endpoint.instance {
+        vars.push(plain(env::SQL_INSTANCE, instance));
+    }
+    vars.push(plain(
+        env::TLS_MODE,
+        match server.tls.mode {
+            TlsMode::Strict => "Strict",
+            TlsMode::Required => "Required",
+            TlsMode::Optional => "Optional",
+            TlsMode::Disabled => "Disabled",
+        },
+    ));
+    match &server.tls.ca {
+        Some(CaSource::Secret { object, key }) => vars.push(plain(
+            env::TLS_CA,
+            format!("secret/{}/{}/{key}", object.namespace, object.name),
+        )),
+        Some(CaSource::ConfigMap { object, key }) => vars.push(plain(
+            env::TLS_CA,
+            format!("configmap/{}/{}/{key}", object.namespace, object.name),
+        )),
+        None => {}
+    }
+    if let Some(host) = &server.tls.host_name_in_certificate {
+        vars.push(plain(env::TLS_HOSTNAME, host));
+    }
+    vars.push(plain(
+        env::TLS_TRUST_SERVER_CERTIFICATE,
+        server.tls.trust_server_certificate.to_string(),
+    ));
+    vars.push(plain(env::AUTH_METHOD, server.credentials.source()));
+    match &server.credentials {
+        Credentials::Secret {
+            secret,
+            username_key,
+            password_key,
+        } => {
+            vars.push(secret_key(env::SQL_USER, &secret.name, username_key));
+            vars.push(secret_key(env::SQL_PASSWORD, &secret.name, password_key));
+        }
+        Credentials::AwsSecretsManager {
+            secret_id,
+            region,
+            role_arn,
+            username_key,
+            password_key,
+        } => {
+            vars.push(plain(env::AWS_SECRET_ID, secret_id));
+            vars.push(plain(env::AWS_SECRET_USERNAME_KEY, username_key));
+            vars.push(plain(env::AWS_SECRET_PASSWORD_KEY, password_key));
+            vars.push(plain("AWS_REGION", region));
+            if let Some(arn) = role_arn {
+                vars.push(plain("AWS_ROLE_ARN", arn));
+            }
+        }
+        Credentials::AzureWorkloadIdentity {
+            client_id,
+            tenant_id,
+            authority_host,
+        } => {
+            vars.push(plain("AZURE_CLIENT_ID", client_id));
+            vars.push(plain("AZURE_TENANT_ID", tenant_id));
+            if let Some(host) = authority_host {
+                vars.push(plain("AZURE_AUTHORITY_HOST", host));
+            }
+        }
+        Credentials::AzureManagedIdentity {
+            client_id: Some(client_id),
+        } => {
+            vars.push(plain("AZURE_CLIENT_ID", client_id));
+        }
+        Credentials::AzureManagedIdentity { client_id: None } | Credentials::InjectedIdentity => {}
+    }
+    vars.push(plain(
+        env::POLL_INTERVAL,
+        format!("{}s", server.worker.poll_interval.as_secs().max(1)),
+    ));
+    vars.push(plain(
+        env::MAX_CONCURRENT_OPERATIONS,
+        server.worker.max_concurrent_operations.to_string(),
+    ));
+    vars.push(plain(env::HEALTH_PORT, WORKER_HEALTH_PORT.to_string()));
+    vars.push(plain(env::LOG_FORMAT, log_format));
+    vars
+}
+
+fn quantities(map: &BTreeMap<String, String>, defaults: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+    if map.is_empty() {
+        return defaults
+            .iter()
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .collect();
+    }
+    map.iter()
+        .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+        .collect()
+}
+
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(WORKER_HEALTH_PORT),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deployment(
+    server: &ServerConfig,
+    name: &str,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    owner: &OwnerReference,
+    service_account: &str,
+    default_image: &str,
+    log_format: &str,
+) -> Deployment {
+    let selector = BTreeMap::from([
+        (LABEL_NAME.to_owned(), WORKER_COMPONENT.to_owned()),
+        (LABEL_INSTANCE.to_owned(), name.to_owned()),
+    ]);
+    let mut pod_labels = server.worker.pod_labels.clone();
+    pod_labels.extend(labels.clone());
+    if matches!(server.credentials, Credentials::AzureWorkloadIdentity { .. }) {
+        pod_labels.insert("azure.workload.identity/use".into(), "true".into());
+    }
+    let container = Container {
+        name: "worker".into(),
+        image: Some(
+            server
+                .worker
+                .image
+                .clone()
+                .unwrap_or_else(|| default_image.to_owned()),
+        ),
+        image_pull_policy: Some("IfNotPresent".into()),
+        env: Some(worker_env(server, name, log_format)),
+        ports: Some(vec![ContainerPort {
+            name: Some("health".into()),
+            container_port: WORKER_HEALTH_PORT,
+            ..Default::default()
+        }]),
+        liveness_probe: Some(probe("/healthz", 10)),
+        readiness_probe: Some(probe("/readyz", 5)),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(
+                &server.worker.requests,
+                &[("cpu", "10m"), ("memory", "32Mi")],
+            )),
+            limits: Some(quantities(&server.worker.limits, &[("memory", "128Mi")])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let tolerations = server
+        .worker
+        .tolerations
+        .iter()
+        .filter_map(|t| serde_json::from_value::<Toleration>(t.clone()).ok())
+        .collect::<Vec<_>>();
+    Deployment {
+        metadata: meta(name, namespace, labels, owner),
+        spec: Some(DeploymentSpec {
+            replicas: Some(server.worker.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            // One Lease holder at a time anyway; Recreate avoids two generations of workers
+            // with different settings competing for it during a config change.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..Default::default()
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(service_account.to_owned()),
+                    automount_service_account_token: Some(true),
+                    containers: vec![container],
+                    node_selector: (!server.worker.node_selector.is_empty())
+                        .then(|| server.worker.node_selector.clone()),
+                    tolerations: (!tolerations.is_empty()).then_some(tolerations),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    termination_grace_period_seconds: Some(30),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Role + RoleBinding letting one worker `get` exactly one password Secret in a managed
+/// resource's namespace. One pair per Secret, owned by the managed resource, so nothing ever
+/// edits a shared list of names and deleting the resource revokes the access.
+pub fn secret_access(
+    worker: &str,
+    worker_namespace: &str,
+    service_account: &str,
+    secret_namespace: &str,
+    secret: &str,
+    owner: OwnerReference,
+) -> (Role, RoleBinding) {
+    let name = fit(&format!("{worker}-secret-{secret}"), 253);
+    let labels = BTreeMap::from([
+        (LABEL_NAME.to_owned(), WORKER_COMPONENT.to_owned()),
+        (LABEL_INSTANCE.to_owned(), worker.to_owned()),
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+    ]);
+    let m = meta(
+        &name,
+        secret_namespace,
+        &labels,
+        &OwnerReference {
+            controller: Some(true),
+            ..owner
+        },
+    );
+    (
+        Role {
+            metadata: m.clone(),
+            rules: Some(vec![rule(&[""], &["secrets"], &["get"], &[secret.to_owned()])]),
+        },
+        RoleBinding {
+            metadata: m,
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name,
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: service_account.into(),
+                namespace: Some(worker_namespace.into()),
+                ..Default::default()
+            }]),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apis::generated::{clusterproviderconfigs::ClusterProviderConfig, providerconfigs::ProviderConfig};
+
+    fn pc(spec: &str) -> (ConfigIdentity, ServerConfig) {
+        let pc: ProviderConfig = serde_saphyr::from_str(&format!(
+            "apiVersion: sqlserver.kubesql.io/v1alpha1\nkind: ProviderConfig\nmetadata: {{name: sql1, namespace: team-a, uid: u-1}}\nspec:\n{spec}"
+        ))
+        .unwrap();
+        let id = ConfigIdentity {
+            kind: ConfigKind::ProviderConfig,
+            name: "sql1".into(),
+            namespace: Some("team-a".into()),
+            uid: "u-1".into(),
+        };
+        (id, ServerConfig::try_from(&pc).unwrap())
+    }
+
+    fn env_of(objects: &WorkerObjects) -> BTreeMap<String, EnvVar> {
+        let pod = objects
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        pod.containers[0]
+            .env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect()
+    }
+
+    #[test]
+    fn secret_source_worker_reads_exactly_its_secret() {
+        let (id, server) = pc(
+            "  endpoint: {host: sql.internal, port: 1444}\n  credentials: {source: Secret, secretRef: {name: sa-login}}\n",
+        );
+        let objects = build(&id, &server, "provider-system", "worker:dev", "json");
+        assert_eq!(objects.name, "sqlserver-worker-pc-sql1");
+        assert_eq!(
+            objects.namespace, "team-a",
+            "a ProviderConfig's worker runs in its namespace"
+        );
+        assert_eq!(objects.access.len(), 1, "nothing outside its own namespace");
+        let rules = objects.access[0].0.rules.clone().unwrap();
+        let secrets: Vec<_> = rules
+            .iter()
+            .filter(|r| r.resources.as_ref().unwrap()[0] == "secrets")
+            .collect();
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(
+            secrets[0].resource_names.as_deref(),
+            Some(&["sa-login".to_string()][..])
+        );
+        assert_eq!(secrets[0].verbs, vec!["get"]);
+        assert!(
+            rules
+                .iter()
+                .all(|r| r.resources.as_ref().unwrap()[0] != "secrets" || r.resource_names.is_some()),
+            "never an unnamed secrets rule"
+        );
+        let env = env_of(&objects);
+        // The password travels as a reference; the provider never sees its value.
+        let pw = env[env::SQL_PASSWORD]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!((pw.name.as_str(), pw.key.as_str()), ("sa-login", "password"));
+        assert!(env[env::SQL_PASSWORD].value.is_none());
+        assert_eq!(env[env::SQL_PORT].value.as_deref(), Some("1444"));
+        assert_eq!(
+            env[env::POD_IP]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "status.podIP"
+        );
+        assert_eq!(env[env::TLS_MODE].value.as_deref(), Some("Required"));
+        assert_eq!(env[env::POLL_INTERVAL].value.as_deref(), Some("600s"));
+        let owner = &objects.deployment.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("ProviderConfig", "u-1", Some(true))
+        );
+        let sa = objects.service_account.as_ref().unwrap();
+        assert_eq!(sa.metadata.name.as_deref(), Some("sqlserver-worker-pc-sql1"));
+    }
+
+    #[test]
+    fn pod_is_hardened() {
+        let (id, server) = pc("  endpoint: {host: h}\n  credentials: {source: InjectedIdentity}\n");
+        let d = build(&id, &server, "p", "worker:dev", "json").deployment;
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let sc = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".into()]));
+        assert!(pod.containers[0].readiness_probe.is_some() && pod.containers[0].liveness_probe.is_some());
+        assert_eq!(
+            pod.containers[0].image.as_deref(),
+            Some("worker:dev"),
+            "image from the provider's flag"
+        );
+    }
+
+    #[test]
+    fn cluster_config_worker_runs_next_to_its_secret() {
+        let cpc: ClusterProviderConfig = serde_saphyr::from_str(
+            "apiVersion: sqlserver.kubesql.io/v1alpha1\nkind: ClusterProviderConfig\nmetadata: {name: default, uid: u-2}\nspec:\n  endpoint: {host: h}\n  credentials: {source: Secret, secretRef: {name: s, namespace: infra}}\n  tls: {caConfigMapRef: {name: ca, key: ca.crt, namespace: certs}}\n",
+        )
+        .unwrap();
+        let id = ConfigIdentity {
+            kind: ConfigKind::ClusterProviderConfig,
+            name: "default".into(),
+            namespace: None,
+            uid: "u-2".into(),
+        };
+        let server = ServerConfig::try_from(&cpc).unwrap();
+        let objects = build(&id, &server, "provider-system", "w", "plain");
+        assert_eq!(objects.name, "sqlserver-worker-cpc-default");
+        assert_eq!(
+            objects.namespace, "infra",
+            "secretKeyRef only reaches its own namespace"
+        );
+        assert_eq!(objects.access.len(), 2, "own namespace plus the CA's");
+        let (ca_role, ca_binding) = &objects.access[1];
+        assert_eq!(ca_role.metadata.namespace.as_deref(), Some("certs"));
+        let rules = ca_role.rules.as_ref().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(
+            rules[0].resources.as_deref(),
+            Some(&["configmaps".to_string()][..])
+        );
+        assert_eq!(
+            ca_binding.subjects.as_ref().unwrap()[0].namespace.as_deref(),
+            Some("infra")
+        );
+        assert_eq!(
+            env_of(&objects)[env::TLS_CA].value.as_deref(),
+            Some("configmap/certs/ca/ca.crt")
+        );
+    }
+
+    #[test]
+    fn identity_annotations_per_source() {
+        let (id, server) = pc(
+            "  endpoint: {host: h}\n  credentials: {source: AzureWorkloadIdentity, azure: {clientId: 11111111-2222-3333-4444-555555555555, tenantId: 11111111-2222-3333-4444-666666666666}}\n",
+        );
+        let objects = build(&id, &server, "p", "w", "json");
+        let annotations = objects.service_account.unwrap().metadata.annotations.unwrap();
+        assert_eq!(
+            annotations["azure.workload.identity/client-id"],
+            "11111111-2222-3333-4444-555555555555"
+        );
+        let labels = objects
+            .deployment
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap();
+        assert_eq!(labels["azure.workload.identity/use"], "true");
+
+        let (id, server) = pc(
+            "  endpoint: {host: h}\n  credentials: {source: AwsSecretsManager, awsSecretsManager: {secretId: x, region: eu-west-1, roleArn: \"arn:aws:iam::123456789012:role/sql\"}}\n",
+        );
+        let objects = build(&id, &server, "p", "w", "json");
+        assert_eq!(
+            objects.service_account.unwrap().metadata.annotations.unwrap()["eks.amazonaws.com/role-arn"],
+            "arn:aws:iam::123456789012:role/sql"
+        );
+        let (id, server) = pc(
+            "  endpoint: {host: h}\n  credentials: {source: InjectedIdentity}\n  worker: {serviceAccountName: existing}\n",
+        );
+        let objects = build(&id, &server, "p", "w", "json");
+        assert!(
+            objects.service_account.is_none(),
+            "an existing ServiceAccount is used as is"
+        );
+        assert_eq!(objects.access[0].1.subjects.as_ref().unwrap()[0].name, "existing");
+    }
+
+    #[test]
+    fn long_names_fit() {
+        let long = "x".repeat(300);
+        let a = fit(&long, 63);
+        assert_eq!(a.len(), 63);
+        assert_ne!(a, fit(&format!("{long}y"), 63), "distinct inputs stay distinct");
+        assert_eq!(fit("short", 63), "short");
+    }
+}
