@@ -323,24 +323,62 @@ async fn login_session(
 ) -> CResult<Option<Session>> {
     let user = login.username.clone();
     let fail18456 = || SqlError::new(18456, &[&user]);
-    if login.sspi || login.features.iter().any(|f| f.0 == 0x02) || shared.logins_refused() {
+    if login.sspi || shared.logins_refused() {
         return login_failed(wire, shared, vec![fail18456()]).await;
     }
+    let fedauth = match login.features.iter().find(|f| f.0 == 0x02) {
+        None => None,
+        Some((_, data)) => match crate::fedauth::parse_feature(data) {
+            Ok(crate::fedauth::FedAuthRequest::SecurityToken { token, .. }) => {
+                let now = crate::catalog::now_ms() / 1000;
+                match crate::fedauth::principal_sid(&token, shared.fedauth_key.as_deref(), now) {
+                    Ok(sid) => Some(sid),
+                    Err(e) => {
+                        tracing::debug!("{e}");
+                        return login_failed(
+                            wire,
+                            shared,
+                            vec![SqlError::new(18456, &["<token-identified principal>"])],
+                        )
+                        .await;
+                    }
+                }
+            }
+            // The ADAL workflow (FEDAUTHINFO, packet 0x08) is not implemented.
+            _ => {
+                return login_failed(
+                    wire,
+                    shared,
+                    vec![SqlError::new(18456, &["<token-identified principal>"])],
+                )
+                .await;
+            }
+        },
+    };
     let decision = {
         let mut cat = shared.catalog();
-        let found = cat.login(&user).filter(|p| p.kind == 'S').cloned();
-        let ok = found.as_ref().is_some_and(|p| {
-            p.sql
-                .as_ref()
-                .is_some_and(|s| crate::catalog::verify_password(&login.password, &s.hash))
-        });
+        let found = match &fedauth {
+            Some(sid) => cat
+                .login_by_sid(sid)
+                .filter(|p| p.kind == 'E' || p.kind == 'X')
+                .cloned(),
+            None => cat.login(&user).filter(|p| p.kind == 'S').cloned(),
+        };
+        let ok = fedauth.is_some()
+            || found.as_ref().is_some_and(|p| {
+                p.sql
+                    .as_ref()
+                    .is_some_and(|s| crate::catalog::verify_password(&login.password, &s.hash))
+            });
         match found {
-            None => Err(vec![fail18456()]),
+            None => Err(vec![if fedauth.is_some() {
+                SqlError::new(18456, &["<token-identified principal>"])
+            } else {
+                fail18456()
+            }]),
             Some(p) => {
-                let ok = ok
-                    && p.sql
-                        .as_ref()
-                        .is_some_and(|s| crate::catalog::verify_password(&login.password, &s.hash));
+                let ok = ok && (fedauth.is_some() || p.sql.is_some());
+                let user = p.name.clone();
                 if !ok {
                     Err(vec![fail18456()])
                 } else if p.disabled {
@@ -374,8 +412,11 @@ async fn login_session(
                     });
                     match db {
                         Some(d) => Ok((p.id, p.name.clone(), d.id, d.name.clone())),
-                        None if requested => Err(vec![SqlError::new(4060, &[&dbname]), fail18456()]),
-                        None => Err(vec![SqlError::new(4064, &[]), fail18456()]),
+                        None if requested => Err(vec![
+                            SqlError::new(4060, &[&dbname]),
+                            SqlError::new(18456, &[&user]),
+                        ]),
+                        None => Err(vec![SqlError::new(4064, &[]), SqlError::new(18456, &[&user])]),
                     }
                 }
             }
@@ -419,6 +460,10 @@ async fn login_session(
         "Microsoft SQL Server\0\0",
         [id.major, id.minor, (id.build >> 8) as u8, id.build as u8],
     );
+    if fedauth.is_some() {
+        // Ack only what the client asked for: FEDAUTH with no data (no nonce was sent).
+        t.feature_ext_ack(&[(0x02, vec![])]);
+    }
     t.env_str(4, &size.to_string(), &size.to_string());
     t.done(token::DONE, 0, 0, 0);
     wire.send(ptype::REPLY, &t.buf).await?;

@@ -21,6 +21,7 @@ pub mod catalog;
 pub mod conn;
 pub mod engine;
 pub mod errors;
+pub mod fedauth;
 pub mod server;
 pub mod sql;
 pub mod tds;
@@ -75,6 +76,9 @@ pub struct Config {
     pub cert: Option<(PathBuf, PathBuf)>,
     /// Version, edition and server name.
     pub identity: Identity,
+    /// HS256 key that Entra security tokens (FEDAUTH) must be signed with; `None` accepts
+    /// tokens without checking their signature.
+    pub fedauth_hs256_key: Option<Vec<u8>>,
 }
 
 impl Default for Config {
@@ -86,6 +90,7 @@ impl Default for Config {
             tls: TlsMode::Off,
             cert: None,
             identity: Identity::default(),
+            fedauth_hs256_key: None,
         }
     }
 }

@@ -33,6 +33,9 @@ struct Args {
     /// SERVERPROPERTY('EngineEdition'): 3 for SQL Server, 5 to imitate Azure SQL Database.
     #[arg(long, default_value_t = 3)]
     engine_edition: i64,
+    /// HS256 key Entra tokens must be signed with (unchecked when absent).
+    #[arg(long, env = "MSSQL_EMULATOR_FEDAUTH_KEY")]
+    fedauth_hs256_key: Option<String>,
 }
 
 #[tokio::main]
@@ -57,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         tls: args.tls,
         cert: args.cert.zip(args.key),
         identity,
+        fedauth_hs256_key: args.fedauth_hs256_key.map(String::into_bytes),
     };
     let emu = Emulator::start(cfg).await?;
     // One machine-readable line so scripts can find both ports.

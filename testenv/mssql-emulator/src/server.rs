@@ -91,6 +91,7 @@ pub struct Shared {
     /// Transaction descriptors.
     pub next_descriptor: AtomicU64,
     sa_password: String,
+    pub(crate) fedauth_key: Option<Vec<u8>>,
     spids: Mutex<std::collections::BTreeSet<u16>>,
 }
 
@@ -114,6 +115,7 @@ impl Shared {
             faults: Mutex::new(FaultState::default()),
             next_descriptor: AtomicU64::new(1),
             sa_password: cfg.sa_password.clone(),
+            fedauth_key: cfg.fedauth_hs256_key.clone(),
             spids: Mutex::new(Default::default()),
         }
     }

@@ -397,3 +397,72 @@ async fn c16_tm_transactions() {
     c.commit_transaction().await.expect("TM commit");
     assert_eq!(int(&mut c, "SELECT @@TRANCOUNT").await, Some(0));
 }
+
+/// C2.17: tiberius `AADToken` with a JWT whose `oid` is the SID of the external login
+/// `[app1]`: PRELOGIN echoes FEDAUTHREQUIRED, the login is acked with FEATUREEXTACK FEDAUTH,
+/// and SUSER_SNAME() is 'app1'. Bad signatures and unknown principals get 18456. Entra tokens
+/// cannot be minted for a real server here, so this case runs on the emulator only.
+#[tokio::test]
+async fn c17_entra_security_token() {
+    let key = b"test-signing-key".to_vec();
+    let emu = Emulator::start(Config {
+        fedauth_hs256_key: Some(key.clone()),
+        ..Config::default()
+    })
+    .await
+    .expect("start");
+    let t = target_for(&emu);
+    let mut sa = t.sa().await;
+    let oid = "6a1b3a7e-1f0c-4c55-9d1e-2f3a4b5c6d7e";
+    ok(
+        &mut sa,
+        &format!("CREATE LOGIN [app1] FROM EXTERNAL PROVIDER WITH OBJECT_ID = '{oid}'"),
+    )
+    .await;
+    assert_eq!(
+        text(
+            &mut sa,
+            "SELECT type_desc FROM sys.server_principals WHERE name = 'app1'"
+        )
+        .await
+        .as_deref(),
+        Some("EXTERNAL_LOGIN")
+    );
+    let token = |claims: serde_json::Value, k: &[u8]| mssql_emulator::fedauth::sign_hs256(&claims, k);
+    let with_token = |tok: String| {
+        let mut cfg = t.base.clone();
+        cfg.authentication(tiberius::AuthMethod::aad_token(tok));
+        cfg
+    };
+    let mut c = connect(with_token(token(
+        serde_json::json!({"oid": oid, "exp": 4_000_000_000i64}),
+        &key,
+    )))
+    .await
+    .expect("token login");
+    assert_eq!(
+        text(&mut c, "SELECT SUSER_SNAME()").await.as_deref(),
+        Some("app1")
+    );
+    // (claims, signing key, why it must fail)
+    let bad = [
+        (
+            serde_json::json!({"oid": oid}),
+            b"wrong-key".to_vec(),
+            "signature does not verify",
+        ),
+        (
+            serde_json::json!({"oid": "00000000-0000-0000-0000-000000000001"}),
+            key.clone(),
+            "no external login with that SID",
+        ),
+        (serde_json::json!({"oid": oid, "exp": 1}), key.clone(), "expired"),
+    ];
+    for (claims, k, why) in bad {
+        let e = connect(with_token(token(claims, &k)))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{why}: login succeeded"));
+        assert_eq!(e.code(), Some(18456), "{why}");
+    }
+}
