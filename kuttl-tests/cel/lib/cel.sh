@@ -1,0 +1,48 @@
+# Helpers for the steps of the CEL suite. Each step's script sources this file
+# (`. ../../lib/cel.sh`; kuttl runs step commands in the test's directory) and pipes a
+# manifest into one of the checks below. kuttl sets $NAMESPACE (the test's namespace) and
+# $KUBECONFIG; every kubectl call is bounded by --request-timeout.
+#
+# POSIX sh on purpose: kuttl runs scripts with `sh -c`.
+
+: "${NAMESPACE:?kuttl sets NAMESPACE}"
+CEL_TIMEOUT=${CEL_TIMEOUT:-20s}
+
+# kubectl in the test's namespace, bounded in time.
+k() {
+  kubectl --request-timeout="$CEL_TIMEOUT" -n "$NAMESPACE" "$@"
+}
+
+# rejected MESSAGE < manifest
+# Passes when `kubectl apply` of the manifest fails and the apiserver's answer contains
+# MESSAGE (compared as a fixed string). Fails when the object is accepted, or refused for
+# another reason.
+rejected() {
+  fails_with "$1" k apply -f -
+}
+
+# fails_with MESSAGE COMMAND [ARG...]
+# Passes when COMMAND exits non-zero and its output contains MESSAGE (a fixed string).
+fails_with() {
+  _msg=$1
+  shift
+  if _out=$("$@" 2>&1); then
+    printf 'FAIL: %s succeeded; expected a refusal with:\n  %s\noutput:\n%s\n' "$*" "$_msg" "$_out"
+    return 1
+  fi
+  if ! printf '%s\n' "$_out" | grep -qF -- "$_msg"; then
+    printf 'FAIL: %s was refused, but not with:\n  %s\noutput:\n%s\n' "$*" "$_msg" "$_out"
+    return 1
+  fi
+  printf 'ok, refused with: %s\n' "$_msg"
+}
+
+# accepted < manifest
+# Passes when `kubectl apply` of the manifest succeeds (the objects are created or updated).
+accepted() {
+  if ! _out=$(k apply -f - 2>&1); then
+    printf 'FAIL: a valid manifest was refused:\n%s\n' "$_out"
+    return 1
+  fi
+  printf '%s\n' "$_out"
+}
