@@ -78,9 +78,11 @@ pub struct Args {
     /// Log format of the provider and its workers: json or plain.
     #[arg(long, env = "LOG_FORMAT", default_value = "json", value_parser = ["json", "plain"])]
     pub log_format: String,
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080")]
-    pub health_addr: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics. Default: port 8080 on $POD_IP when set (a
+    /// pod's own address; in the local environment every pod has its own loopback IP), else
+    /// on 127.0.0.1.
+    #[arg(long, env = "HEALTH_ADDR")]
+    pub health_addr: Option<SocketAddr>,
     /// Take the provider Lease before reconciling (needed when running more than one replica).
     #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
@@ -297,7 +299,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(metrics::Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let health = tokio::spawn(serve_health(args.health_addr, ready.clone(), metrics.clone()));
+    let health_addr = match args.health_addr {
+        Some(addr) => addr,
+        None => {
+            let ip = std::env::var("POD_IP")
+                .ok()
+                .and_then(|ip| ip.parse().ok())
+                .unwrap_or([127, 0, 0, 1].into());
+            SocketAddr::new(ip, 8080)
+        }
+    };
+    let health = tokio::spawn(serve_health(health_addr, ready.clone(), metrics.clone()));
 
     install_work_item_crd(&client).await?;
     tracing::info!("WorkItem CRD installed");

@@ -97,7 +97,7 @@ fn target_dir() -> PathBuf {
 }
 
 /// A venv with python-tds, under the tool cache, keyed by version.
-fn ensure_pytds() -> Result<PathBuf> {
+pub(crate) fn ensure_pytds() -> Result<PathBuf> {
     let venv = cache_dir()?
         .join("clients")
         .join(format!("python-tds-{PYTDS_VERSION}"));

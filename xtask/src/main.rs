@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod codegen;
+mod e2e;
 mod emulator;
 mod test;
 mod testenv;
@@ -51,7 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::Gen { check } => codegen::run(check),
         Command::Test(args) => test::run(&args),
         Command::Testenv { action } => testenv::run(action),
-        Command::E2e => util::not_built_yet("cargo xtask e2e", "the provider issue (kuttl suites)"),
+        Command::E2e => e2e::run(),
         Command::Demo => util::not_built_yet("cargo xtask demo", "the provider issue"),
         Command::Bench => util::not_built_yet("cargo xtask bench", "the benchmark issue"),
     }

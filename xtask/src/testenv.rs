@@ -17,7 +17,7 @@
 //! ```
 
 mod certs;
-mod cluster;
+pub(crate) mod cluster;
 mod tools;
 
 use crate::util::workspace_root;

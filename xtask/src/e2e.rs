@@ -1,0 +1,359 @@
+//! `cargo xtask e2e`: the provider end to end, as a user would run it.
+//!
+//! ```text
+//! cargo build (provider, worker, emulator) ─▶ testenv up ─▶ emulator (host process, loopback)
+//!   ─▶ images.d/provider.yaml (image → binary) ─▶ kubectl apply deploy/install (CRDs, RBAC, provider)
+//!   ─▶ admin Secret + ClusterProviderConfig "default" ─▶ provider and worker Ready
+//!   ─▶ kuttl-tests/e2e ─▶ down (always)
+//! ```
+//! [`Session`] is shared with `cargo xtask demo`, which stops before the suite and leaves the
+//! environment running.
+
+use crate::{
+    testenv::cluster,
+    util::{self, cargo, workspace_root},
+};
+use anyhow::{Context, Result, bail};
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Image of the provider in deploy/install; mapped to target/debug/provider-sqlserver.
+pub const PROVIDER_IMAGE: &str = "provider-sqlserver:dev";
+/// Image of workers; mapped to target/debug/worker.
+pub const WORKER_IMAGE: &str = "provider-sqlserver-worker:dev";
+/// Namespace the install manifests use.
+pub const PROVIDER_NAMESPACE: &str = "provider-system";
+/// Longest the e2e suite may run.
+const SUITE_TIMEOUT: Duration = Duration::from_secs(25 * 60);
+
+/// A running environment with the emulator and the provider installed.
+pub struct Session {
+    /// Environment directory (`.testenv/<name>`).
+    pub dir: PathBuf,
+    /// Tools and binaries of the environment.
+    pub env: cluster::Env,
+    /// The emulator process.
+    emulator: Child,
+    /// Emulator TDS port.
+    pub sql_port: u16,
+    /// Emulator admin port.
+    pub admin_port: u16,
+    /// sa password of this run (generated; never committed).
+    pub sa_password: String,
+}
+
+impl Session {
+    /// A kubectl command on this environment.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(self.env.tools.k8s("kubectl"));
+        cmd.env("KUBECONFIG", self.dir.join("kubeconfig"))
+            .current_dir(workspace_root());
+        cmd
+    }
+
+    /// Stops the emulator and the environment.
+    pub fn stop(mut self) -> Result<()> {
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", "--", &self.emulator.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.emulator.try_wait()?.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if self.emulator.try_wait()?.is_none() {
+            self.emulator.kill()?;
+            self.emulator.wait()?;
+        }
+        cluster::down(&self.dir)
+    }
+}
+
+/// A password the emulator's policy accepts, different every run.
+fn run_password() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("E2e!{:x}{}Aa9", nanos, std::process::id())
+}
+
+/// Starts the emulator on loopback with ephemeral ports; reads them from its first line.
+fn start_emulator(dir: &Path, password: &str) -> Result<(Child, u16, u16)> {
+    let bin = cluster::target_dir().join("debug").join("mssql-emulator");
+    let log = std::fs::File::create(dir.join("logs").join("emulator.log"))?;
+    let mut child = Command::new(&bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--sa-password",
+            password,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdout = child.stdout.take().context("emulator stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            bail!(
+                "the emulator did not report its addresses within 30 s (see {}/logs/emulator.log)",
+                dir.display()
+            );
+        }
+    };
+    let addresses: serde_json::Value = serde_json::from_str(line.trim()).context("emulator address line")?;
+    let port = |key: &str| -> Result<u16> {
+        addresses[key]
+            .as_str()
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("no {key} address in {line:?}"))
+    };
+    Ok((child, port("tds")?, port("admin")?))
+}
+
+/// Polls `check` until it holds or `timeout` passes, printing progress every 10 s.
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
+    let started = Instant::now();
+    let mut next_report = Duration::from_secs(10);
+    while !check() {
+        if started.elapsed() > timeout {
+            bail!("{what}: not ready after {timeout:?}");
+        }
+        if started.elapsed() > next_report {
+            eprintln!("    still waiting for {what} ({:.0?})", started.elapsed());
+            next_report += Duration::from_secs(10);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!("    {what}: ready in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+fn jsonpath(session: &Session, args: &[&str]) -> String {
+    session
+        .kubectl()
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Builds what runs as pods, brings the environment up, starts the emulator, installs the
+/// provider and the default ClusterProviderConfig, and waits for both to be ready.
+pub fn start(name: &str) -> Result<Session> {
+    util::run(
+        "build provider, worker and emulator",
+        cargo().args([
+            "build",
+            "--locked",
+            "-p",
+            "provider",
+            "-p",
+            "worker",
+            "-p",
+            "mssql-emulator",
+        ]),
+    )?;
+    let dir = workspace_root().join(".testenv").join(name);
+    std::fs::create_dir_all(&dir)?;
+    let env = cluster::up(&dir)?;
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let password = run_password();
+    let (emulator, sql_port, admin_port) = match start_emulator(&dir, &password) {
+        Ok(started) => started,
+        Err(e) => {
+            cluster::down(&dir)?;
+            return Err(e);
+        }
+    };
+    let session = Session {
+        dir,
+        env,
+        emulator,
+        sql_port,
+        admin_port,
+        sa_password: password,
+    };
+    match install(&session) {
+        Ok(()) => Ok(session),
+        Err(e) => {
+            eprintln!("    logs kept in {}/logs", session.dir.display());
+            let _ = session.stop();
+            Err(e)
+        }
+    }
+}
+
+fn install(session: &Session) -> Result<()> {
+    let debug = cluster::target_dir().join("debug");
+    std::fs::create_dir_all(session.dir.join("images.d"))?;
+    std::fs::write(
+        session.dir.join("images.d").join("provider.yaml"),
+        format!(
+            "images:\n  {PROVIDER_IMAGE}: {}\n  {WORKER_IMAGE}: {}\n",
+            debug.join("provider-sqlserver").display(),
+            debug.join("worker").display()
+        ),
+    )?;
+    util::run(
+        "install CRDs and the provider (deploy/install)",
+        session.kubectl().args(["apply", "-k", "deploy/install"]),
+    )?;
+    util::run(
+        "admin Secret for the emulator",
+        session.kubectl().args([
+            "-n",
+            PROVIDER_NAMESPACE,
+            "create",
+            "secret",
+            "generic",
+            "sqlserver-admin",
+            "--from-literal=username=sa",
+            &format!("--from-literal=password={}", session.sa_password),
+        ]),
+    )?;
+    let config = format!(
+        r#"apiVersion: sqlserver.kubesql.io/v1alpha1
+kind: ClusterProviderConfig
+metadata:
+  name: default
+spec:
+  endpoint: {{host: 127.0.0.1, port: {}}}
+  credentials:
+    source: Secret
+    secretRef: {{name: sqlserver-admin, namespace: {PROVIDER_NAMESPACE}}}
+  # The emulator's certificate is self-signed for this run; the config says so explicitly
+  # (and gets an Insecure warning condition for it).
+  tls: {{mode: Required, trustServerCertificate: true}}
+  worker: {{pollInterval: 5s}}
+"#,
+        session.sql_port
+    );
+    let file = session.dir.join("cluster-provider-config.yaml");
+    std::fs::write(&file, config)?;
+    wait_for("provider Deployment available", Duration::from_secs(180), || {
+        jsonpath(
+            session,
+            &[
+                "-n",
+                PROVIDER_NAMESPACE,
+                "get",
+                "deployment",
+                "provider-sqlserver",
+                "-o",
+                "jsonpath={.status.availableReplicas}",
+            ],
+        ) == "1"
+    })?;
+    // The provider installs the WorkItem CRD and gates controllers on CRDs: apply the config
+    // once the ProviderConfig kinds are served.
+    util::run(
+        "ClusterProviderConfig default",
+        session.kubectl().arg("apply").arg("-f").arg(&file),
+    )?;
+    wait_for(
+        "worker of ClusterProviderConfig default",
+        Duration::from_secs(180),
+        || {
+            jsonpath(
+                session,
+                &[
+                    "get",
+                    "clusterproviderconfig",
+                    "default",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"WorkerReady\")].status}",
+                ],
+            ) == "True"
+        },
+    )
+}
+
+/// PATH and SQL_TEST_* for suites that look at the server (kuttl-tests/e2e/bin/sqlcheck).
+pub fn suite_env(session: &Session, cmd: &mut Command) -> Result<()> {
+    let python = crate::emulator::ensure_pytds()?;
+    let venv_bin = python.parent().context("python-tds venv")?.to_path_buf();
+    let path = [
+        session.env.tools.k8s_bin.clone(),
+        session
+            .env
+            .tools
+            .kuttl
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+        workspace_root().join("kuttl-tests").join("e2e").join("bin"),
+        venv_bin,
+    ]
+    .iter()
+    .map(|p| p.display().to_string())
+    .chain(std::env::var("PATH").ok())
+    .collect::<Vec<_>>()
+    .join(":");
+    cmd.env("PATH", path)
+        .env("KUBECONFIG", session.dir.join("kubeconfig"))
+        .env("SQL_TEST_HOST", "127.0.0.1")
+        .env("SQL_TEST_PORT", session.sql_port.to_string())
+        .env("SQL_TEST_USER", "sa")
+        .env("SQL_TEST_PASSWORD", &session.sa_password)
+        .env(
+            "SQL_TEST_ADMIN",
+            format!("http://127.0.0.1:{}", session.admin_port),
+        );
+    Ok(())
+}
+
+/// Runs the kuttl suite in `kuttl-tests/<suite>` against a session.
+pub fn run_suite(session: &Session, suite: &str) -> Result<()> {
+    let dir = workspace_root().join("kuttl-tests").join(suite);
+    let mut cmd = Command::new(&session.env.tools.kuttl);
+    cmd.args(["test", "--config", "kuttl-test.yaml"])
+        .current_dir(&dir);
+    suite_env(session, &mut cmd)?;
+    let mut child = cmd.spawn().context("starting kubectl-kuttl")?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!(
+                    "kuttl suite {suite} failed ({status}); logs in {}/logs",
+                    session.dir.display()
+                );
+            }
+            return Ok(());
+        }
+        if started.elapsed() > SUITE_TIMEOUT {
+            child.kill()?;
+            child.wait()?;
+            bail!("kuttl suite {suite} did not finish within {SUITE_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `cargo xtask e2e`: start, run the e2e suite, stop (even on failure).
+pub fn run() -> Result<()> {
+    let session = start(&format!("e2e-{}", std::process::id()))?;
+    let result = run_suite(&session, "e2e");
+    let dir = session.dir.clone();
+    let stopped = session.stop();
+    result?;
+    stopped?;
+    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
+}
