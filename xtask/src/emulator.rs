@@ -1,10 +1,12 @@
-//! Emulator tasks: fidelity tests through independent clients (python-tds, FreeTDS `tsql`).
+//! Emulator tasks: fidelity tests through independent clients (python-tds, FreeTDS `tsql`,
+//! go-mssqldb).
 //!
 //! Each client gets a fresh emulator process (the `mssql-emulator` binary on a free loopback
 //! port) and runs its script from `testenv/mssql-emulator/clients/`. With `MSSQL_TEST_URL`
 //! set (an ADO string with a sysadmin login), the scripts run against that server instead.
 //! The clients are installed by this step on a fresh machine: python-tds into a venv under the
-//! tool cache keyed by version, FreeTDS from Debian's `freetds-bin` with apt-get.
+//! tool cache keyed by version, FreeTDS from Debian's `freetds-bin` with apt-get, go-mssqldb
+//! through the Go module proxy (pinned by `clients/go-mssqldb/go.sum`) built into the cache.
 
 use crate::util::{cache_dir, cargo, run, workspace_root};
 use anyhow::{Context, Result, bail};
@@ -15,6 +17,8 @@ use std::time::Duration;
 
 /// python-tds release the fidelity script is written against.
 const PYTDS_VERSION: &str = "1.17.1";
+/// go-mssqldb release pinned in `clients/go-mssqldb/go.mod`.
+const GO_MSSQLDB_VERSION: &str = "1.11.2";
 /// Password of `sa` in the emulator processes this step starts.
 const SA_PASSWORD: &str = "Emul4tor!Passw0rd";
 
@@ -24,6 +28,7 @@ pub fn fidelity_clients() -> Result<()> {
     let clients = root.join("testenv/mssql-emulator/clients");
     let python = ensure_pytds()?;
     let tsql = ensure_tsql()?;
+    let gomssql = build_go_client(&clients.join("go-mssqldb"))?;
     let external = std::env::var("MSSQL_TEST_URL").ok();
     let emulator = if external.is_none() {
         run(
@@ -41,18 +46,19 @@ pub fn fidelity_clients() -> Result<()> {
     } else {
         None
     };
-    let suites: [(&str, PathBuf, PathBuf); 2] = [
-        ("python-tds", python, clients.join("pytds_fidelity.py")),
+    let suites: [(&str, PathBuf, Option<PathBuf>); 3] = [
+        ("python-tds", python, Some(clients.join("pytds_fidelity.py"))),
         (
             "FreeTDS tsql",
             PathBuf::from("python3"),
-            clients.join("freetds_fidelity.py"),
+            Some(clients.join("freetds_fidelity.py")),
         ),
+        ("go-mssqldb", gomssql, None),
     ];
     let mut failed = Vec::new();
-    for (name, interpreter, script) in suites {
-        let mut cmd = Command::new(&interpreter);
-        cmd.arg(&script).env("TSQL", &tsql);
+    for (name, program, script) in suites {
+        let mut cmd = Command::new(&program);
+        cmd.args(script.as_ref()).env("TSQL", &tsql);
         let outcome = match (&external, &emulator) {
             (Some(url), _) => {
                 let t = AdoTarget::parse(url)?;
@@ -132,6 +138,23 @@ pub(crate) fn ensure_pytds() -> Result<PathBuf> {
         );
     }
     Ok(python)
+}
+
+/// Builds the go-mssqldb fidelity program into the tool cache (`go build` is incremental).
+fn build_go_client(dir: &Path) -> Result<PathBuf> {
+    let out = cache_dir()?
+        .join("clients")
+        .join(format!("go-mssqldb-{GO_MSSQLDB_VERSION}"))
+        .join("gomssqldb-fidelity");
+    run(
+        &format!("build go-mssqldb {GO_MSSQLDB_VERSION} fidelity client"),
+        Command::new("go")
+            .current_dir(dir)
+            .args(["build", "-mod=readonly", "-o"])
+            .arg(&out)
+            .arg("."),
+    )?;
+    Ok(out)
 }
 
 /// FreeTDS `tsql`: from PATH, else installed from Debian's freetds-bin.

@@ -30,6 +30,9 @@ pub enum ConnError {
 
 type CResult<T> = Result<T, ConnError>;
 
+/// Packet size for TLS handshake flights (see [`Wire::handshake`]).
+const HANDSHAKE_PACKET: usize = 512;
+
 fn looks_like_tls(b: &[u8]) -> bool {
     b.len() >= 2 && (0x14..=0x17).contains(&b[0]) && b[1] == 0x03
 }
@@ -176,7 +179,10 @@ impl Wire {
         }
     }
 
-    /// The TLS handshake carried in PRELOGIN (0x12) packets (spec A4).
+    /// The TLS handshake carried in PRELOGIN (0x12) packets (spec A4). Each flight is one
+    /// message split into packets of [`HANDSHAKE_PACKET`] bytes: go-mssqldb rejects any packet
+    /// larger than the packet size it was configured with, even before login, and 512 is the
+    /// smallest a client may configure.
     async fn handshake(&mut self, cfg: Arc<rustls::ServerConfig>) -> CResult<()> {
         let mut tls = ServerConnection::new(cfg)?;
         while tls.is_handshaking() {
@@ -202,7 +208,7 @@ impl Wire {
                     while tls.wants_write() {
                         tls.write_tls(&mut out)?;
                     }
-                    let framed = tds::frame(ptype::PRELOGIN, self.spid, &out, 4096);
+                    let framed = tds::frame(ptype::PRELOGIN, self.spid, &out, HANDSHAKE_PACKET);
                     let _ = self.write_raw(&framed).await;
                     return Err(e.into());
                 }
@@ -212,7 +218,7 @@ impl Wire {
                 tls.write_tls(&mut out)?;
             }
             if !out.is_empty() {
-                let framed = tds::frame(ptype::PRELOGIN, self.spid, &out, 4096);
+                let framed = tds::frame(ptype::PRELOGIN, self.spid, &out, HANDSHAKE_PACKET);
                 self.write_raw(&framed).await?;
             }
         }
