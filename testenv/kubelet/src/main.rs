@@ -12,6 +12,7 @@ mod images;
 mod node;
 mod pod;
 mod probe;
+mod serve;
 mod volumes;
 
 use anyhow::{Context, Result};
@@ -61,6 +62,15 @@ struct Args {
     /// Version reported in the Node's nodeInfo.
     #[arg(long, default_value = "v0.0.0-process")]
     kubelet_version: String,
+    /// Port (on 127.0.0.1) of the kubelet API that serves `kubectl logs`; 0 = do not serve.
+    #[arg(long, default_value_t = 0)]
+    serve_port: u16,
+    /// Serving certificate (PEM) of the kubelet API.
+    #[arg(long, default_value = "")]
+    tls_cert_file: PathBuf,
+    /// Serving key (PEM) of the kubelet API.
+    #[arg(long, default_value = "")]
+    tls_key_file: PathBuf,
     /// First restart back-off after the initial immediate restart; doubles up to 5 minutes.
     #[arg(long, default_value_t = 10)]
     backoff_seconds: u64,
@@ -88,6 +98,8 @@ pub struct Ctx {
     pub kubelet_version: String,
     /// Restart back-off base.
     pub backoff: Duration,
+    /// Port of the kubelet API (0: not served), advertised in the Node's daemonEndpoints.
+    pub serve_port: u16,
     ips: Mutex<BTreeSet<Ipv4Addr>>,
 }
 
@@ -154,9 +166,24 @@ async fn main() -> Result<()> {
         api_port,
         kubelet_version: args.kubelet_version.clone(),
         backoff: Duration::from_secs(args.backoff_seconds),
+        serve_port: args.serve_port,
         ips: Mutex::new(BTreeSet::new()),
     });
 
+    let server = if args.serve_port != 0 {
+        let (cert, key, logs) = (
+            args.tls_cert_file.clone(),
+            args.tls_key_file.clone(),
+            ctx.log_dir.clone(),
+        );
+        Some(tokio::spawn(async move {
+            if let Err(e) = serve::serve(args.serve_port, cert, key, logs).await {
+                tracing::error!(error = %format!("{e:#}"), "kubelet API server stopped");
+            }
+        }))
+    } else {
+        None
+    };
     node::register(&ctx).await.context("registering the node")?;
     tracing::info!(node = %ctx.node_name, "node registered");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -233,5 +260,8 @@ async fn main() -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(20), w.task).await;
     }
     heartbeat.abort();
+    if let Some(s) = server {
+        s.abort();
+    }
     Ok(())
 }

@@ -5,7 +5,9 @@ use anyhow::Result;
 use k8s_openapi::{
     api::{
         coordination::v1::Lease,
-        core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo},
+        core::v1::{
+            DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo,
+        },
     },
     apimachinery::pkg::{
         api::resource::Quantity,
@@ -107,6 +109,11 @@ fn status(ctx: &Ctx, transition: Timestamp) -> NodeStatus {
             system_uuid: ctx.node_name.clone(),
             boot_id: format!("{}", std::process::id()),
             ..Default::default()
+        }),
+        daemon_endpoints: (ctx.serve_port != 0).then(|| NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(ctx.serve_port),
+            }),
         }),
         ..Default::default()
     }

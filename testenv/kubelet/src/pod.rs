@@ -230,7 +230,9 @@ impl Worker {
         if self.volumes.is_none() && Instant::now() >= self.next_prep {
             let want_kc = pod.spec.as_ref().and_then(|s| s.automount_service_account_token) != Some(false);
             let kc = want_kc.then(|| self.dir.join("kubeconfig"));
-            match volumes::PodVolumes::create(&self.ctx, pod, &self.dir, kc.as_deref()).await {
+            match volumes::PodVolumes::create(&self.ctx, pod, &self.ip.to_string(), &self.dir, kc.as_deref())
+                .await
+            {
                 Ok(v) => {
                     self.volumes = Some(v);
                     self.prep_error = None;
@@ -267,7 +269,7 @@ impl Worker {
                     self.step_ctr(pod, true, i, &policy).await;
                 }
                 for i in 0..self.main.len() {
-                    self.probe(i).await;
+                    self.probe(i, pod).await;
                 }
             }
         }
@@ -391,9 +393,16 @@ impl Worker {
         }
     }
 
-    async fn probe(&mut self, i: usize) {
+    async fn probe(&mut self, i: usize, pod: &Pod) {
         let ip = self.ip.to_string();
-        let grace = SHUTDOWN_GRACE.max(Duration::from_secs(2));
+        // A failed liveness probe stops the container like a deletion would: with the pod's grace.
+        let grace = Duration::from_secs(
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0) as u64,
+        );
         let c = &mut self.main[i];
         if !c.running() {
             return;
@@ -690,7 +699,8 @@ async fn launch(
         use std::io::Write;
         writeln!(
             log,
-            "==> {} starting {} {:?} (restart {})",
+            "{}{} starting {} {:?} (restart {})",
+            crate::serve::START_MARKER,
             Timestamp::now(),
             program.display(),
             argv,

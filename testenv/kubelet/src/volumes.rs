@@ -157,7 +157,13 @@ impl TokenFile {
 impl PodVolumes {
     /// Materialises every volume of `pod` under `pod_dir` and writes the pod's kubeconfig when
     /// `kubeconfig` is set.
-    pub async fn create(ctx: &Ctx, pod: &Pod, pod_dir: &Path, kubeconfig: Option<&Path>) -> Result<Self> {
+    pub async fn create(
+        ctx: &Ctx,
+        pod: &Pod,
+        ip: &str,
+        pod_dir: &Path,
+        kubeconfig: Option<&Path>,
+    ) -> Result<Self> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let mut tokens = Vec::new();
         let spec = pod.spec.as_ref().context("pod has no spec")?;
@@ -165,7 +171,7 @@ impl PodVolumes {
         for v in spec.volumes.iter().flatten() {
             let dir = vroot.join(&v.name);
             std::fs::create_dir_all(&dir)?;
-            materialise(ctx, pod, &ns, v, &dir, &mut tokens)
+            materialise(ctx, pod, ip, &ns, v, &dir, &mut tokens)
                 .await
                 .with_context(|| format!("volume {}", v.name))?;
         }
@@ -209,6 +215,7 @@ impl PodVolumes {
 async fn materialise(
     ctx: &Ctx,
     pod: &Pod,
+    ip: &str,
     ns: &str,
     v: &Volume,
     dir: &Path,
@@ -235,12 +242,7 @@ async fn materialise(
     if let Some(d) = &v.downward_api {
         for it in d.items.iter().flatten() {
             if let Some(f) = &it.field_ref {
-                let ip = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.pod_ip.clone())
-                    .unwrap_or_default();
-                write_atomic(&dir.join(&it.path), env::field(pod, f, &ip)?.as_bytes())?;
+                write_atomic(&dir.join(&it.path), env::field(pod, f, ip)?.as_bytes())?;
             }
         }
         return Ok(());
@@ -268,12 +270,7 @@ async fn materialise(
             if let Some(d) = &src.downward_api {
                 for it in d.items.iter().flatten() {
                     if let Some(f) = &it.field_ref {
-                        let ip = pod
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.pod_ip.clone())
-                            .unwrap_or_default();
-                        write_atomic(&dir.join(&it.path), env::field(pod, f, &ip)?.as_bytes())?;
+                        write_atomic(&dir.join(&it.path), env::field(pod, f, ip)?.as_bytes())?;
                     }
                 }
             }

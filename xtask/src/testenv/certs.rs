@@ -64,6 +64,22 @@ pub fn generate(dir: &Path) -> Result<()> {
     write(dir, "apiserver.crt", &cert.pem())?;
     write(dir, "apiserver.key", &key.serialize_pem())?;
 
+    // The kubelet API (kubectl logs): the apiserver dials the node's InternalIP, 127.0.0.1.
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::new(vec!["localhost".to_string()])?;
+    p.subject_alt_names
+        .push(SanType::IpAddress(IpAddr::from([127, 0, 0, 1])));
+    p.distinguished_name
+        .push(DnType::CommonName, "testenv-kubelet-serving");
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    let cert = p.signed_by(&key, &issuer)?;
+    write(dir, "kubelet-serving.crt", &cert.pem())?;
+    write(dir, "kubelet-serving.key", &key.serialize_pem())?;
+
     client(dir, "admin", "testenv-admin", "system:masters", &issuer)?;
     // The kubelet acts for the whole node (it reads any pod's Secrets and mints any pod's
     // tokens), so it gets admin rights rather than a node identity the Node authorizer would

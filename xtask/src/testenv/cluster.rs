@@ -74,6 +74,18 @@ fn alive(pid: u32, binary: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
+    if cmdline.is_empty() {
+        // Right after spawn the child can still be inside execve (a 100 MB binary): no cmdline
+        // yet, but the kernel already shows the new command name (15 bytes at most).
+        let comm = stat
+            .split_once(" (")
+            .and_then(|(_, r)| r.rsplit_once(')'))
+            .map(|(c, _)| c);
+        let name = binary
+            .file_name()
+            .map(|n| n.to_string_lossy().chars().take(15).collect::<String>());
+        return comm.is_some() && comm.map(str::to_string) == name;
+    }
     let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
     Path::new(std::str::from_utf8(argv0).unwrap_or_default()) == binary
 }
@@ -159,9 +171,13 @@ fn wait(
             return Ok(());
         }
         if let Some(dead) = started.iter().find(|c| !alive(c.pid, &c.binary)) {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", dead.pid)).unwrap_or_default();
+            let cmd = std::fs::read(format!("/proc/{}/cmdline", dead.pid)).unwrap_or_default();
             bail!(
-                "{} exited while waiting for {what}; its log ends:\n{}",
+                "{} (pid {}) exited while waiting for {what} [stat {stat:?} cmdline {:?}]; its log ends:\n{}",
                 dead.name,
+                dead.pid,
+                String::from_utf8_lossy(&cmd),
                 log_tail(dir, &dead.name)
             );
         }
@@ -245,7 +261,8 @@ pub fn up(dir: &Path) -> Result<Env> {
     }
     let pki = dir.join("pki");
     certs::generate(&pki)?;
-    let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
+    let (etcd_port, peer_port, api_port, kubelet_port) =
+        (free_port()?, free_port()?, free_port()?, free_port()?);
     std::fs::write(dir.join("kubeconfig"), kubeconfig(&pki, api_port, "admin"))?;
     std::fs::write(
         dir.join("kubelet.kubeconfig"),
@@ -314,6 +331,12 @@ pub fn up(dir: &Path) -> Result<Env> {
                 "--authorization-mode=Node,RBAC".into(),
                 "--allow-privileged=true".into(),
                 "--profiling=false".into(),
+                // `kubectl logs` goes through the apiserver to the kubelet API on 127.0.0.1; the
+                // node's Hostname does not resolve, and its serving cert is ours to verify.
+                "--kubelet-preferred-address-types=InternalIP".into(),
+                format!("--kubelet-certificate-authority={}", p(pki.join("ca.crt"))),
+                format!("--kubelet-client-certificate={}", p(pki.join("admin.crt"))),
+                format!("--kubelet-client-key={}", p(pki.join("admin.key"))),
             ],
         )?);
         write_state(dir, &state)?;
@@ -385,6 +408,9 @@ pub fn up(dir: &Path) -> Result<Env> {
                 format!("--images={}", p(dir.join("images.yaml"))),
                 format!("--ca-file={}", p(pki.join("ca.crt"))),
                 format!("--kubelet-version={}", tools.k8s_version),
+                format!("--serve-port={kubelet_port}"),
+                format!("--tls-cert-file={}", p(pki.join("kubelet-serving.crt"))),
+                format!("--tls-key-file={}", p(pki.join("kubelet-serving.key"))),
             ],
         )?);
         write_state(dir, &state)?;
