@@ -73,7 +73,9 @@ pub fn fidelity_clients() -> Result<()> {
             }
             (None, Some(bin)) => {
                 let emu = EmulatorProcess::start(bin)?;
-                cmd.env("MSSQL_HOST", "127.0.0.1")
+                // Cases that need emulator-only setup (Entra tokens) run only with this set.
+                cmd.env("MSSQL_EMULATOR", "1")
+                    .env("MSSQL_HOST", "127.0.0.1")
                     .env("MSSQL_PORT", emu.port.to_string())
                     .env("MSSQL_USER", "sa")
                     .env("MSSQL_PASSWORD", SA_PASSWORD);

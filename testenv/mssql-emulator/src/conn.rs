@@ -334,32 +334,31 @@ async fn login_session(
     }
     let fedauth = match login.features.iter().find(|f| f.0 == 0x02) {
         None => None,
-        Some((_, data)) => match crate::fedauth::parse_feature(data) {
-            Ok(crate::fedauth::FedAuthRequest::SecurityToken { token, .. }) => {
-                let now = crate::catalog::now_ms() / 1000;
-                match crate::fedauth::principal_sid(&token, shared.fedauth_key.as_deref(), now) {
-                    Ok(sid) => Some(sid),
-                    Err(e) => {
+        Some((_, data)) => {
+            let token = match crate::fedauth::parse_feature(data) {
+                Ok(crate::fedauth::FedAuthRequest::SecurityToken { token, .. }) => Some(token),
+                Ok(crate::fedauth::FedAuthRequest::Adal { .. }) => adal_token(wire).await?,
+                Err(e) => {
+                    tracing::debug!("{e}");
+                    None
+                }
+            };
+            let now = crate::catalog::now_ms() / 1000;
+            match token.map(|t| crate::fedauth::principal_sid(&t, shared.fedauth_key.as_deref(), now)) {
+                Some(Ok(sid)) => Some(sid),
+                other => {
+                    if let Some(Err(e)) = other {
                         tracing::debug!("{e}");
-                        return login_failed(
-                            wire,
-                            shared,
-                            vec![SqlError::new(18456, &["<token-identified principal>"])],
-                        )
-                        .await;
                     }
+                    return login_failed(
+                        wire,
+                        shared,
+                        vec![SqlError::new(18456, &["<token-identified principal>"])],
+                    )
+                    .await;
                 }
             }
-            // The ADAL workflow (FEDAUTHINFO, packet 0x08) is not implemented.
-            _ => {
-                return login_failed(
-                    wire,
-                    shared,
-                    vec![SqlError::new(18456, &["<token-identified principal>"])],
-                )
-                .await;
-            }
-        },
+        }
     };
     let decision = {
         let mut cat = shared.catalog();
@@ -492,6 +491,38 @@ async fn login_session(
     );
     shared.count(|c| c.logins += 1);
     Ok(Some(sess))
+}
+
+/// The ADAL workflow (spec A7): a message holding only FEDAUTHINFO (STS URL and SPN), then the
+/// client's federated-auth-token packet (0x08): `DataLen u32, TokenLen u32, UTF-16LE token`.
+async fn adal_token(wire: &mut Wire) -> CResult<Option<String>> {
+    let sts = tds::utf16("https://login.microsoftonline.com/common/");
+    let spn = tds::utf16("https://database.windows.net/");
+    // Offsets count from the CountOfInfoIDs field: 4 + 2 entries of 9 bytes.
+    let header = 4 + 2 * 9;
+    let mut body = Vec::new();
+    body.extend_from_slice(&2u32.to_le_bytes());
+    for (id, data, off) in [(0x02u8, &spn, header), (0x01u8, &sts, header + spn.len())] {
+        body.push(id);
+        body.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        body.extend_from_slice(&(off as u32).to_le_bytes());
+    }
+    body.extend_from_slice(&spn);
+    body.extend_from_slice(&sts);
+    let mut msg = vec![0xEE];
+    msg.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    msg.extend_from_slice(&body);
+    wire.send(ptype::REPLY, &msg).await?;
+    let Some((ty, _, payload)) = wire.read_message().await? else {
+        return Ok(None);
+    };
+    if ty != ptype::FEDAUTH {
+        return Ok(None);
+    }
+    let mut r = Reader::new(&payload);
+    let _data_len = r.u32()?;
+    let n = r.u32()? as usize;
+    Ok(Some(tds::utf16_to_string(r.take(n)?)))
 }
 
 async fn request_loop(shared: &Arc<Shared>, wire: &mut Wire, sess: &mut Session) -> CResult<()> {
