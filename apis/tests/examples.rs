@@ -428,3 +428,47 @@ fn uptest_annotations_are_usable() {
         }
     }
 }
+
+/// `deploy/install/crds/` and the Helm chart's `crds/` carry copies of every CRD (kustomize
+/// refuses files outside its directory, Helm files outside its chart), so they must stay
+/// byte-identical to `package/crds/` and `apis/crds/`, and the kustomization must list each.
+#[test]
+fn deploy_copies_of_the_crds_are_current() {
+    let root = repo_root();
+    let mut sources = BTreeMap::new();
+    for dir in ["package/crds", "apis/crds"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            sources.insert(name, std::fs::read(&path).unwrap());
+        }
+    }
+    let fix = "cp package/crds/*.yaml apis/crds/*.yaml deploy/install/crds/ && \
+               cp package/crds/*.yaml apis/crds/*.yaml deploy/helm/provider-sqlserver/crds/";
+    for copies in ["deploy/install/crds", "deploy/helm/provider-sqlserver/crds"] {
+        let mut found = BTreeMap::new();
+        for entry in std::fs::read_dir(root.join(copies)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            found.insert(name, std::fs::read(&path).unwrap());
+        }
+        assert_eq!(
+            found.keys().collect::<Vec<_>>(),
+            sources.keys().collect::<Vec<_>>(),
+            "{copies} must hold exactly the CRDs of package/crds and apis/crds; fix: {fix}"
+        );
+        for (name, text) in &sources {
+            assert!(
+                found[name] == *text,
+                "{copies}/{name} differs from its source; fix: {fix}"
+            );
+        }
+    }
+    let kustomization = std::fs::read_to_string(root.join("deploy/install/kustomization.yaml")).unwrap();
+    for name in sources.keys() {
+        assert!(
+            kustomization.contains(&format!("- crds/{name}")),
+            "deploy/install/kustomization.yaml does not list crds/{name}"
+        );
+    }
+}
