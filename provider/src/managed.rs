@@ -294,7 +294,7 @@ async fn reconcile_inner<K: ManagedKind>(obj: &K, ctx: &Ctx) -> Result<Action, E
         .await;
     }
     ensure_usage(ctx, obj, request.config()).await?;
-    ensure_finalizer(&api, obj).await?;
+    ensure_initialized(&api, obj).await?;
 
     // References.
     let resolved = match resolve(ctx, obj, &namespace, &request, &status).await {
@@ -673,13 +673,26 @@ async fn ensure_usage<K: ManagedKind>(ctx: &Ctx, obj: &K, config: &ConfigRef) ->
     Ok(())
 }
 
-async fn ensure_finalizer<K: ManagedKind>(api: &Api<K>, obj: &K) -> Result<(), Error> {
-    if obj.finalizers().iter().any(|f| f == FINALIZER_MANAGED) {
+/// Crossplane's initialization in one write: the finalizer, and the external-name annotation
+/// defaulted from `metadata.name` and persisted (so the SQL name never changes by accident).
+async fn ensure_initialized<K: ManagedKind>(api: &Api<K>, obj: &K) -> Result<(), Error> {
+    let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER_MANAGED);
+    let has_name = obj
+        .annotations()
+        .get(ANNOTATION_EXTERNAL_NAME)
+        .is_some_and(|v| !v.is_empty());
+    if has_finalizer && has_name {
         return Ok(());
     }
     let mut finalizers = obj.finalizers().to_vec();
-    finalizers.push(FINALIZER_MANAGED.to_owned());
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
+    if !has_finalizer {
+        finalizers.push(FINALIZER_MANAGED.to_owned());
+    }
+    let mut patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
+    if !has_name {
+        patch["metadata"]["annotations"] = json!({ANNOTATION_EXTERNAL_NAME: obj.name_any()});
+    }
     api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(patch))
         .await?;
     Ok(())

@@ -16,6 +16,7 @@ use crate::{
 use anyhow::{Context, Result, bail};
 use std::{
     io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -68,6 +69,7 @@ impl Session {
             self.emulator.kill()?;
             self.emulator.wait()?;
         }
+        let _ = std::fs::remove_file(self.dir.join("emulator.pid"));
         cluster::down(&self.dir)
     }
 }
@@ -85,6 +87,7 @@ fn run_password() -> String {
 fn start_emulator(dir: &Path, password: &str) -> Result<(Child, u16, u16)> {
     let bin = cluster::target_dir().join("debug").join("mssql-emulator");
     let log = std::fs::File::create(dir.join("logs").join("emulator.log"))?;
+    stop_recorded_emulator(dir);
     let mut child = Command::new(&bin)
         .args([
             "--listen",
@@ -96,8 +99,12 @@ fn start_emulator(dir: &Path, password: &str) -> Result<(Child, u16, u16)> {
         ])
         .stdout(Stdio::piped())
         .stderr(log)
+        // Its own process group: `cargo xtask demo` leaves it running after the terminal's
+        // Ctrl-C; it is stopped by the PID recorded below.
+        .process_group(0)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
+    std::fs::write(dir.join("emulator.pid"), child.id().to_string())?;
     let stdout = child.stdout.take().context("emulator stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -126,8 +133,42 @@ fn start_emulator(dir: &Path, password: &str) -> Result<(Child, u16, u16)> {
     Ok((child, port("tds")?, port("admin")?))
 }
 
+/// Stops the emulator a previous run in `dir` recorded, if that PID still runs the emulator
+/// (a recycled PID that belongs to another program is never signalled).
+pub fn stop_recorded_emulator(dir: &Path) {
+    let Some(pid) = std::fs::read_to_string(dir.join("emulator.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let is_emulator = || {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            String::from_utf8_lossy(&c)
+                .split('\0')
+                .next()
+                .is_some_and(|a| a.ends_with("mssql-emulator"))
+        })
+    };
+    if is_emulator() {
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", "--", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_emulator() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if is_emulator() {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &pid.to_string()])
+                .status();
+        }
+    }
+    let _ = std::fs::remove_file(dir.join("emulator.pid"));
+}
+
 /// Polls `check` until it holds or `timeout` passes, printing progress every 10 s.
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
+pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
     let started = Instant::now();
     let mut next_report = Duration::from_secs(10);
     while !check() {
@@ -144,7 +185,8 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> R
     Ok(())
 }
 
-fn jsonpath(session: &Session, args: &[&str]) -> String {
+/// Output of a kubectl command (empty on failure).
+pub fn jsonpath(session: &Session, args: &[&str]) -> String {
     session
         .kubectl()
         .args(args)

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod codegen;
+mod demo;
 mod e2e;
 mod emulator;
 mod test;
@@ -41,8 +42,13 @@ enum Command {
     },
     /// Run the kuttl end-to-end suites against the local environment.
     E2e,
-    /// Bring up the local environment with the emulator and the provider, and apply examples/.
-    Demo,
+    /// Bring up the local environment with the emulator and the provider, apply examples/, and
+    /// leave it running.
+    Demo {
+        /// Stop a running demo instead.
+        #[arg(long)]
+        down: bool,
+    },
     /// Run the benchmark scenarios and write target/bench/result.json.
     Bench,
 }
@@ -53,7 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Testenv { action } => testenv::run(action),
         Command::E2e => e2e::run(),
-        Command::Demo => util::not_built_yet("cargo xtask demo", "the provider issue"),
+        Command::Demo { down } => demo::run(down),
         Command::Bench => util::not_built_yet("cargo xtask bench", "the benchmark issue"),
     }
 }
