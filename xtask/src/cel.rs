@@ -118,7 +118,7 @@ fn kuttl_binary(root: &Path) -> Result<PathBuf> {
 
 /// Helm, built once into `<cache>/bin/helm-<version>/` with the installed Go toolchain and
 /// the project's module cache.
-fn helm_binary() -> Result<PathBuf> {
+pub(crate) fn helm_binary() -> Result<PathBuf> {
     let cache = cache_dir()?;
     let dir = cache.join("bin").join(format!("helm-{HELM_VERSION}"));
     let helm = dir.join("helm");

@@ -27,7 +27,7 @@ pub const PROVIDER_IMAGE: &str = "provider-sqlserver:dev";
 /// Image of workers; mapped to target/debug/worker.
 pub const WORKER_IMAGE: &str = "provider-sqlserver-worker:dev";
 /// Namespace the install manifests use.
-pub const PROVIDER_NAMESPACE: &str = "provider-system";
+pub const PROVIDER_NAMESPACE: &str = "crossplane-system";
 /// Longest the e2e suite may run.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 
@@ -196,9 +196,8 @@ pub fn jsonpath(session: &Session, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-/// Builds what runs as pods, brings the environment up, starts the emulator, installs the
-/// provider and the default ClusterProviderConfig, and waits for both to be ready.
-pub fn start(name: &str) -> Result<Session> {
+/// Builds what runs as pods, brings the environment up and starts the emulator.
+pub fn start_env(name: &str) -> Result<Session> {
     util::run(
         "build provider, worker and emulator",
         cargo().args([
@@ -224,14 +223,19 @@ pub fn start(name: &str) -> Result<Session> {
             return Err(e);
         }
     };
-    let session = Session {
+    Ok(Session {
         dir,
         env,
         emulator,
         sql_port,
         admin_port,
         sa_password: password,
-    };
+    })
+}
+
+/// [`start_env`], then the provider and the default ClusterProviderConfig, ready.
+pub fn start(name: &str) -> Result<Session> {
+    let session = start_env(name)?;
     match install(&session) {
         Ok(()) => Ok(session),
         Err(e) => {
@@ -242,7 +246,9 @@ pub fn start(name: &str) -> Result<Session> {
     }
 }
 
-fn install(session: &Session) -> Result<()> {
+/// Installs the provider from deploy/install and points ClusterProviderConfig `default` at
+/// the emulator; waits until the provider and its worker are ready.
+pub fn install(session: &Session) -> Result<()> {
     let debug = cluster::target_dir().join("debug");
     std::fs::create_dir_all(session.dir.join("images.d"))?;
     std::fs::write(
@@ -255,7 +261,9 @@ fn install(session: &Session) -> Result<()> {
     )?;
     util::run(
         "install CRDs and the provider (deploy/install)",
-        session.kubectl().args(["apply", "-k", "deploy/install"]),
+        session
+            .kubectl()
+            .args(["apply", "--server-side", "-k", "deploy/install"]),
     )?;
     util::run(
         "admin Secret for the emulator",
@@ -342,6 +350,13 @@ pub fn suite_env(session: &Session, cmd: &mut Command) -> Result<()> {
             .unwrap_or_default(),
         workspace_root().join("kuttl-tests").join("e2e").join("bin"),
         venv_bin,
+        // testprog, for the testenv smoke suite.
+        cluster::target_dir().join("debug"),
+        // helm, for the CEL suite's check that the chart renders and applies.
+        crate::cel::helm_binary()?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
     ]
     .iter()
     .map(|p| p.display().to_string())
@@ -387,6 +402,30 @@ pub fn run_suite(session: &Session, suite: &str) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Every kuttl suite on one environment (what `cargo xtask test` runs): the environment's own
+/// smoke suite and the CEL suite first (they need no provider), then the provider is
+/// installed and the e2e suite runs. Stops everything, even on failure; logs are kept after
+/// a failure.
+pub fn all_suites() -> Result<()> {
+    let started = Instant::now();
+    let session = start_env(&format!("test-{}", std::process::id()))?;
+    eprintln!("    environment and emulator up in {:.0?}", started.elapsed());
+    let result = (|| -> Result<()> {
+        run_suite(&session, "testenv")?;
+        run_suite(&session, "cel")?;
+        install(&session)?;
+        run_suite(&session, "e2e")
+    })();
+    let dir = session.dir.clone();
+    if result.is_err() {
+        eprintln!("    logs kept in {}/logs", dir.display());
+    }
+    let stopped = session.stop();
+    result?;
+    stopped?;
+    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
 }
 
 /// `cargo xtask e2e`: start, run the e2e suite, stop (even on failure).

@@ -6,6 +6,7 @@
 //! into a cache outside the repository, keyed by version (see [`util::cache_dir`]).
 #![forbid(unsafe_code)]
 
+mod cel;
 mod codegen;
 mod demo;
 mod e2e;
@@ -40,8 +41,10 @@ enum Command {
         #[command(subcommand)]
         action: testenv::Action,
     },
-    /// Run the kuttl end-to-end suites against the local environment.
+    /// Run the kuttl end-to-end suite on a fresh local environment (started and stopped).
     E2e,
+    /// Run the kuttl CEL suite against a running environment (`cargo xtask testenv up`).
+    Cel,
     /// Bring up the local environment with the emulator and the provider, apply examples/, and
     /// leave it running.
     Demo {
@@ -59,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Testenv { action } => testenv::run(action),
         Command::E2e => e2e::run(),
+        Command::Cel => cel::cel(),
         Command::Demo { down } => demo::run(down),
         Command::Bench => util::not_built_yet("cargo xtask bench", "the benchmark issue"),
     }

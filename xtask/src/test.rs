@@ -11,7 +11,7 @@ use std::time::Duration;
 /// Options of `cargo xtask test`.
 #[derive(clap::Args)]
 pub struct TestArgs {
-    /// Skip a step by name (repeatable): fmt, gen, clippy, deny, unit, emulator-clients, testenv.
+    /// Skip a step by name (repeatable): fmt, gen, clippy, deny, unit, emulator-clients, kuttl.
     #[arg(long = "skip", value_name = "STEP")]
     skip: Vec<String>,
 }
@@ -26,7 +26,7 @@ const STEPS: &[Step] = &[
     ("deny", deny),
     ("unit", unit),
     ("emulator-clients", crate::emulator::fidelity_clients),
-    ("testenv", crate::testenv::smoke),
+    ("kuttl", crate::e2e::all_suites),
 ];
 
 /// Runs the steps; keeps going after a failure so one run shows every problem.
