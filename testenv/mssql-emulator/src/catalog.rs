@@ -7,7 +7,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha512};
 
 /// A server principal: login or server role.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServerPrincipal {
     /// principal_id.
     pub id: i32,
@@ -36,7 +36,7 @@ pub struct ServerPrincipal {
 }
 
 /// sys.sql_logins extras.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SqlLogin {
     /// `0x0200 ‖ salt ‖ SHA-512(UTF-16LE(pw) ‖ salt)`.
     #[serde(serialize_with = "hex_bytes")]
@@ -82,7 +82,7 @@ pub struct Perm {
 }
 
 /// A database principal: user or role.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DbPrincipal {
     /// principal_id.
     pub id: i32,
@@ -107,7 +107,7 @@ pub struct DbPrincipal {
 }
 
 /// A schema.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Schema {
     /// schema_id.
     pub id: i32,
@@ -118,7 +118,7 @@ pub struct Schema {
 }
 
 /// A database.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Database {
     /// database_id.
     pub id: i32,
@@ -312,7 +312,7 @@ pub fn permission_name(code: &str, server: bool) -> &'static str {
 }
 
 /// Server-wide state.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Catalog {
     /// Logins and server roles.
     pub server_principals: Vec<ServerPrincipal>,
@@ -661,6 +661,114 @@ pub fn new_database(id: i32, name: &str, owner_sid: Vec<u8>, collation: &str, no
         schemas,
         role_members: vec![(16384, 1)],
         perms,
+    }
+}
+
+/// Undoes one change: `before` and `after` are the catalog around a statement of a transaction
+/// being rolled back; `cur` may also hold changes other sessions made since. Entities the
+/// statement added are removed, entities it removed come back, entities it changed get their
+/// old value — everything else in `cur` is left alone.
+pub fn undo(cur: &mut Catalog, before: &Catalog, after: &Catalog) {
+    undo_vec(
+        &mut cur.server_principals,
+        &before.server_principals,
+        &after.server_principals,
+        |p| p.id,
+    );
+    undo_vec(
+        &mut cur.server_role_members,
+        &before.server_role_members,
+        &after.server_role_members,
+        |x| *x,
+    );
+    undo_vec(
+        &mut cur.server_perms,
+        &before.server_perms,
+        &after.server_perms,
+        perm_key,
+    );
+    if before.contained_auth != after.contained_auth {
+        cur.contained_auth = before.contained_auth;
+    }
+    for a in &after.databases {
+        match before.databases.iter().find(|b| b.id == a.id) {
+            None => cur.databases.retain(|d| d.id != a.id),
+            Some(b) => {
+                if let Some(c) = cur.databases.iter_mut().find(|d| d.id == a.id) {
+                    undo_database(c, b, a);
+                }
+            }
+        }
+    }
+    for b in &before.databases {
+        if !after.databases.iter().any(|a| a.id == b.id) && !cur.databases.iter().any(|c| c.id == b.id) {
+            cur.databases.push(b.clone());
+            cur.databases.sort_by_key(|d| d.id);
+        }
+    }
+}
+
+fn perm_key(p: &Perm) -> (u8, i32, i32, i32, String) {
+    (p.class, p.major, p.minor, p.grantee, p.code.clone())
+}
+
+fn undo_database(cur: &mut Database, before: &Database, after: &Database) {
+    macro_rules! field {
+        ($($f:ident),*) => {$(
+            if before.$f != after.$f {
+                cur.$f = before.$f.clone();
+            }
+        )*};
+    }
+    field!(
+        name,
+        owner_sid,
+        compat,
+        collation,
+        user_access,
+        recovery,
+        containment,
+        trustworthy,
+        rcsi,
+        snapshot,
+        chaining
+    );
+    undo_vec(&mut cur.principals, &before.principals, &after.principals, |p| {
+        p.id
+    });
+    undo_vec(&mut cur.schemas, &before.schemas, &after.schemas, |s| s.id);
+    undo_vec(
+        &mut cur.role_members,
+        &before.role_members,
+        &after.role_members,
+        |x| *x,
+    );
+    undo_vec(&mut cur.perms, &before.perms, &after.perms, perm_key);
+}
+
+fn undo_vec<T: Clone + PartialEq, K: PartialEq>(
+    cur: &mut Vec<T>,
+    before: &[T],
+    after: &[T],
+    key: impl Fn(&T) -> K,
+) {
+    for a in after {
+        let k = key(a);
+        match before.iter().find(|b| key(b) == k) {
+            None => cur.retain(|c| key(c) != k),
+            Some(b) if b != a => {
+                if let Some(c) = cur.iter_mut().find(|c| key(c) == k) {
+                    *c = b.clone();
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    for b in before {
+        let k = key(b);
+        if !after.iter().any(|a| key(a) == k) && !cur.iter().any(|c| key(c) == k) {
+            cur.push(b.clone());
+        }
     }
 }
 

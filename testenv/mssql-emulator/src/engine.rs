@@ -133,8 +133,9 @@ pub struct Session {
     pub login_db_id: i32,
     /// @@TRANCOUNT.
     pub trancount: i64,
-    /// Catalog at the outermost BEGIN TRAN.
-    pub snapshot: Option<Box<Catalog>>,
+    /// Catalog before and after each change this transaction made, so ROLLBACK undoes exactly
+    /// those changes and never other sessions' work (see [`crate::catalog::undo`]).
+    pub journal: Vec<(Catalog, Catalog)>,
     /// Transaction descriptor handed out in ENVCHANGE 8.
     pub descriptor: u64,
     /// SET NOCOUNT.
@@ -157,7 +158,7 @@ impl Session {
             db_id,
             login_db_id: db_id,
             trancount: 0,
-            snapshot: None,
+            journal: Vec::new(),
             descriptor: 0,
             nocount: false,
             xact_abort: false,
@@ -404,7 +405,36 @@ impl<'a> Exec<'a> {
             self.out.push(Out::Delay(self.delay_ms));
         }
         self.kinds.push(kind_name(&st.kind));
-        match self.stmt_inner(st, inproc) {
+        let changes_catalog = match &st.kind {
+            StmtKind::ExecProc(name, _) => !name.eq_ignore_ascii_case("sp_executesql"),
+            StmtKind::Reconfigure
+            | StmtKind::CreateDatabase { .. }
+            | StmtKind::AlterDatabase { .. }
+            | StmtKind::DropDatabase { .. }
+            | StmtKind::CreateLogin { .. }
+            | StmtKind::AlterLogin { .. }
+            | StmtKind::DropLogin(_)
+            | StmtKind::CreateUser { .. }
+            | StmtKind::AlterUser { .. }
+            | StmtKind::DropUser { .. }
+            | StmtKind::CreateSchema { .. }
+            | StmtKind::DropSchema { .. }
+            | StmtKind::AlterAuthorization { .. }
+            | StmtKind::CreateRole { .. }
+            | StmtKind::AlterRole { .. }
+            | StmtKind::DropRole { .. }
+            | StmtKind::Perm(_) => true,
+            _ => false,
+        };
+        let before = (changes_catalog && self.sess.trancount > 0).then(|| self.cat.clone());
+        let result = self.stmt_inner(st, inproc);
+        if let Some(b) = before
+            && self.sess.trancount > 0
+        {
+            let after = self.cat.clone();
+            self.sess.journal.push((b, after));
+        }
+        match result {
             Ok(()) => Ok(true),
             Err(Fail::Abort) => Err(Fail::Abort),
             Err(Fail::Err(errs)) => {
@@ -640,7 +670,7 @@ impl<'a> Exec<'a> {
     pub fn begin_tran(&mut self) {
         self.sess.trancount += 1;
         if self.sess.trancount == 1 {
-            self.sess.snapshot = Some(Box::new(self.cat.clone()));
+            self.sess.journal.clear();
             self.sess.descriptor = self
                 .next_descriptor
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -655,20 +685,20 @@ impl<'a> Exec<'a> {
         }
         self.sess.trancount -= 1;
         if self.sess.trancount == 0 {
-            self.sess.snapshot = None;
+            self.sess.journal.clear();
             self.out.push(Out::EnvCommit(self.sess.descriptor));
             self.sess.descriptor = 0;
         }
         Ok(())
     }
 
-    /// ROLLBACK: restores the catalog as of the outermost BEGIN.
+    /// ROLLBACK: restores the catalog as of this transaction's first change.
     pub fn rollback(&mut self) {
         if self.sess.trancount == 0 {
             return;
         }
-        if let Some(snap) = self.sess.snapshot.take() {
-            *self.cat = *snap;
+        for (before, after) in std::mem::take(&mut self.sess.journal).iter().rev() {
+            undo(self.cat, before, after);
         }
         self.sess.trancount = 0;
         self.out.push(Out::EnvRollback(self.sess.descriptor));

@@ -1064,3 +1064,34 @@ async fn c67_xact_abort() {
         0
     );
 }
+
+/// ROLLBACK undoes only the rolling-back session's changes (B0.3): another session's DDL,
+/// committed while the transaction was open, survives. The interleaving after A's own DDL runs
+/// on the emulator only: on a real server B would block on A's locks.
+#[tokio::test]
+async fn rollback_keeps_other_sessions_changes() {
+    let t = target().await;
+    let mut a = t.sa().await;
+    let mut b = t.sa().await;
+    let (la, lb, lc) = (t.n("rb_a"), t.n("rb_b"), t.n("rb_c"));
+    ok(&mut a, "BEGIN TRAN").await;
+    ok(&mut b, &format!("CREATE LOGIN [{lb}] WITH PASSWORD = '{PW}'")).await;
+    ok(&mut a, &format!("CREATE LOGIN [{la}] WITH PASSWORD = '{PW}'")).await;
+    if t.is_emulator() {
+        ok(&mut b, &format!("CREATE LOGIN [{lc}] WITH PASSWORD = '{PW}'")).await;
+    }
+    ok(&mut a, "ROLLBACK").await;
+    let names = format!("'{la}', '{lb}', '{lc}'");
+    let rows = ok(
+        &mut a,
+        &format!("SELECT name FROM sys.server_principals WHERE name IN ({names}) ORDER BY name"),
+    )
+    .await;
+    let got: Vec<&str> = rows[0].iter().filter_map(|r| r.get::<&str, _>(0)).collect();
+    let want: Vec<&str> = if t.is_emulator() {
+        vec![&lb, &lc]
+    } else {
+        vec![&lb]
+    };
+    assert_eq!(got, want);
+}

@@ -1,7 +1,6 @@
 //! SELECT over the catalog views, expression evaluation and the system functions of B0.5.
 
 use super::*;
-use crate::catalog::to_hex;
 
 const AGGREGATES: &[&str] = &["COUNT", "MAX", "MIN", "SUM"];
 
@@ -1394,11 +1393,6 @@ impl Env<'_> {
         }
         None
     }
-}
-
-#[allow(dead_code)]
-fn hex(b: &[u8]) -> String {
-    to_hex(b)
 }
 
 #[cfg(test)]
