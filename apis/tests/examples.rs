@@ -472,3 +472,63 @@ fn deploy_copies_of_the_crds_are_current() {
         );
     }
 }
+
+/// `docs/api.md` must keep up with the CRDs: every field (as a `path` in backquotes) and every
+/// CEL message must appear in it. Whitespace is collapsed, so wrapped prose still matches.
+#[test]
+fn api_reference_names_every_field_and_cel_message() {
+    fn walk(node: &Value, path: &str, fields: &mut Vec<String>, messages: &mut Vec<String>) {
+        for rule in node["x-kubernetes-validations"].as_array().into_iter().flatten() {
+            messages.push(rule["message"].as_str().unwrap_or_default().to_owned());
+        }
+        if let Some(props) = node["properties"].as_object() {
+            for (name, child) in props {
+                let child_path = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                if !matches!(child_path.as_str(), "apiVersion" | "kind" | "metadata") {
+                    fields.push(child_path.clone());
+                }
+                walk(child, &child_path, fields, messages);
+            }
+        }
+        if node["items"].is_object() {
+            walk(&node["items"], &format!("{path}[]"), fields, messages);
+        }
+    }
+    let root = repo_root();
+    let collapse = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let doc = collapse(&std::fs::read_to_string(root.join("docs/api.md")).unwrap());
+    let mut crds = Vec::new();
+    yaml_files(&root.join("package/crds"), &mut crds);
+    yaml_files(&root.join("apis/crds"), &mut crds);
+    for crd in crds {
+        let crd: Value = serde_saphyr::from_str(&std::fs::read_to_string(&crd).unwrap()).unwrap();
+        let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_owned();
+        let (mut fields, mut messages) = (Vec::new(), Vec::new());
+        walk(
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
+            "",
+            &mut fields,
+            &mut messages,
+        );
+        for field in fields {
+            // Conditions are described once, in prose, for all kinds.
+            if field.starts_with("status.conditions[]") {
+                continue;
+            }
+            assert!(
+                doc.contains(&format!("`{field}`")),
+                "docs/api.md does not describe {kind} field `{field}`"
+            );
+        }
+        for message in messages {
+            assert!(
+                doc.contains(&collapse(&message)),
+                "docs/api.md does not quote the {kind} CEL message: {message}"
+            );
+        }
+    }
+}
