@@ -147,7 +147,7 @@ def c63_quotename():
 
 @case
 def c13_large_result():
-    out, err = tsql(["SELECT REPLICATE(N'y', 6000) AS big"])
+    out, err = tsql(["SELECT REPLICATE(CAST(N'y' AS nvarchar(max)), 6000) AS big"])
     r = rows(out)
     assert r[0] == ["big"] and r[1] == ["y" * 6000], (len(out), err)
 

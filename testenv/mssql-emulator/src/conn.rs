@@ -227,6 +227,31 @@ impl Wire {
     }
 }
 
+impl Wire {
+    /// A plain TLS handshake on the socket (TDS 8.0 strict), before any TDS packet.
+    async fn strict_handshake(&mut self, cfg: Arc<rustls::ServerConfig>) -> CResult<()> {
+        self.tls = Some(Box::new(ServerConnection::new(cfg)?));
+        loop {
+            let handshaking = self.tls.as_ref().is_some_and(|t| t.is_handshaking());
+            let mut out = Vec::new();
+            if let Some(tls) = self.tls.as_mut() {
+                while tls.wants_write() {
+                    tls.write_tls(&mut out)?;
+                }
+            }
+            if !out.is_empty() {
+                self.write_raw(&out).await?;
+            }
+            if !handshaking {
+                return Ok(());
+            }
+            if !self.feed_record()? && !self.fill().await? {
+                return Err(ProtoError("EOF during TDS 8.0 TLS handshake".into()).into());
+            }
+        }
+    }
+}
+
 /// Serves one connection to the end.
 pub async fn serve(shared: Arc<Shared>, sock: TcpStream) {
     let _ = sock.set_nodelay(true);
@@ -250,12 +275,19 @@ pub async fn serve(shared: Arc<Shared>, sock: TcpStream) {
 }
 
 async fn run(shared: &Arc<Shared>, wire: &mut Wire) -> CResult<()> {
-    // PRELOGIN. A first byte of 0x16 is TDS 8.0 strict (TLS first), not in v1.
     if !wire.fill().await? {
         return Ok(());
     }
-    if wire.raw[0] == 0x16 {
-        return Err(ProtoError("TDS 8.0 strict encryption is not supported".into()).into());
+    // TDS 8.0 strict: the connection starts with a TLS ClientHello (0x16), and PRELOGIN,
+    // LOGIN7 and everything after travel inside that TLS session.
+    let strict = wire.raw[0] == 0x16;
+    if strict {
+        let Some(cfg) = shared.strict_tls_config.clone() else {
+            return Err(
+                ProtoError("TDS 8.0 strict connection but no certificate (--tls none)".into()).into(),
+            );
+        };
+        wire.strict_handshake(cfg).await?;
     }
     let Some((ty, _, payload)) = wire.read_message().await? else {
         return Ok(());
@@ -268,7 +300,7 @@ async fn run(shared: &Arc<Shared>, wire: &mut Wire) -> CResult<()> {
     let id = &shared.identity;
     let resp = tds::build_prelogin((id.major, id.minor, id.build), reply, pre.fed_auth_required);
     wire.send(ptype::REPLY, &resp).await?;
-    if reply != 2 {
+    if reply != 2 && !strict {
         let Some(cfg) = shared.tls_config.clone() else {
             return Err(ProtoError("TLS negotiated without a certificate".into()).into());
         };

@@ -85,6 +85,7 @@ pub struct Shared {
     /// Server identity.
     pub identity: Identity,
     pub(crate) tls_config: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) strict_tls_config: Option<Arc<rustls::ServerConfig>>,
     tls_mode: TlsMode,
     counters: Mutex<Counters>,
     faults: Mutex<FaultState>,
@@ -104,12 +105,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(cfg: &Config, tls_config: Option<Arc<rustls::ServerConfig>>) -> Shared {
+    pub(crate) fn new(
+        cfg: &Config,
+        tls: Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>,
+    ) -> Shared {
+        let (tls_config, strict_tls_config) = match tls {
+            Some((a, b)) => (Some(a), Some(b)),
+            None => (None, None),
+        };
         Shared {
             cat: Mutex::new(Catalog::new(&cfg.sa_password)),
             sessions: Mutex::new(BTreeMap::new()),
             identity: cfg.identity.clone(),
             tls_config,
+            strict_tls_config,
             tls_mode: cfg.tls,
             counters: Mutex::new(Counters::default()),
             faults: Mutex::new(FaultState::default()),
@@ -270,11 +279,13 @@ impl Shared {
     }
 }
 
-/// Builds the rustls server config: TLS 1.2 only for the in-band handshake (spec A4.6).
+/// Builds the rustls server configs: TLS 1.2 only for the handshake inside PRELOGIN (spec
+/// A4.6), and TLS 1.2/1.3 with ALPN `tds/8.0` and no session tickets for TDS 8.0 strict.
 pub fn tls_config(
     cert: Option<(&std::path::Path, &std::path::Path)>,
-) -> Result<Arc<rustls::ServerConfig>, crate::StartError> {
+) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>), crate::StartError> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let tls_err = |e: &dyn std::fmt::Display| crate::StartError::Tls(e.to_string());
     let (certs, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) = match cert {
         Some((c, k)) => {
             let certs = CertificateDer::pem_file_iter(c)
@@ -288,18 +299,25 @@ pub fn tls_config(
         None => {
             let ck =
                 rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                    .map_err(|e| crate::StartError::Tls(e.to_string()))?;
-            let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der())
-                .map_err(|e| crate::StartError::Tls(e.to_string()))?;
+                    .map_err(|e| tls_err(&e))?;
+            let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).map_err(|e| tls_err(&e))?;
             (vec![ck.cert.der().clone()], key)
         }
     };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let inband = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS12])
-        .map_err(|e| crate::StartError::Tls(e.to_string()))?
+        .map_err(|e| tls_err(&e))?
+        .with_no_client_auth()
+        .with_single_cert(certs.clone(), key.clone_key())
+        .map_err(|e| tls_err(&e))?;
+    let mut strict = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| tls_err(&e))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| crate::StartError::Tls(e.to_string()))?;
-    Ok(Arc::new(cfg))
+        .map_err(|e| tls_err(&e))?;
+    strict.alpn_protocols = vec![b"tds/8.0".to_vec()];
+    strict.send_tls13_tickets = 0;
+    Ok((Arc::new(inband), Arc::new(strict)))
 }

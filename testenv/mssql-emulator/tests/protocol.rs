@@ -466,3 +466,18 @@ async fn c17_entra_security_token() {
         assert_eq!(e.code(), Some(18456), "{why}");
     }
 }
+
+/// TDS 8.0 strict (spec A4.7, C1.1): tiberius `Strict` starts with a TLS handshake (ALPN
+/// `tds/8.0`) and sends PRELOGIN and LOGIN7 inside it; the login and queries work.
+#[tokio::test]
+async fn tds8_strict_encryption() {
+    let t = target().await;
+    let mut c = connect(t.with_encryption(EncryptionLevel::Strict))
+        .await
+        .expect("strict login");
+    assert_eq!(int(&mut c, "SELECT 1").await, Some(1));
+    let big = text(&mut c, "SELECT REPLICATE(CAST(N'z' AS nvarchar(max)), 9000)")
+        .await
+        .expect("value");
+    assert_eq!(big.len(), 9000, "a multi-packet response inside TDS 8.0 TLS");
+}

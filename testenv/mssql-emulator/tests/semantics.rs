@@ -1095,3 +1095,16 @@ async fn rollback_keeps_other_sessions_changes() {
     };
     assert_eq!(got, want);
 }
+
+/// REPLICATE cuts its result at 8000 bytes unless the input is a max type: a provider that
+/// builds long dynamic SQL must CAST first, and tests must not rely on the opposite.
+#[tokio::test]
+async fn replicate_truncates_non_max_input() {
+    let t = target().await;
+    let mut c = t.sa().await;
+    assert_eq!(int(&mut c, "SELECT LEN(REPLICATE(N'x', 5000))").await, Some(4000));
+    assert_eq!(
+        int(&mut c, "SELECT LEN(REPLICATE(CAST(N'x' AS nvarchar(max)), 5000))").await,
+        Some(5000)
+    );
+}

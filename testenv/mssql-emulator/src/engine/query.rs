@@ -1177,7 +1177,16 @@ impl Exec<'_> {
                 }
             },
             "REPLICATE" => match (text(0), arg(1).as_int()) {
-                (Some(t), Some(n)) if n >= 0 => s(&t.repeat((n as usize).min(1 << 20))),
+                (Some(t), Some(n)) if n >= 0 => {
+                    // Like the server, the result is cut at 8000 bytes (4000 characters) unless
+                    // the input is a max type.
+                    let max = self.is_max_typed(&args[0]);
+                    let limit = if max { 1 << 20 } else { 4000 };
+                    s(&t.repeat((n as usize).min(1 << 20))
+                        .chars()
+                        .take(limit)
+                        .collect::<String>())
+                }
                 _ => Value::Null,
             },
             "REPLACE" => match (text(0), text(1), text(2)) {
@@ -1280,6 +1289,19 @@ impl Exec<'_> {
             "OBJECT_ID" => Value::Null,
             _ => return Err(Fail::from(SqlError::new(195, &[name, "built-in function name"]))),
         })
+    }
+
+    /// True when an expression has an `nvarchar(max)`/`varchar(max)` type: a CAST/CONVERT to
+    /// max or a variable declared as max.
+    fn is_max_typed(&self, x: &Expr) -> bool {
+        match x {
+            Expr::Cast(_, t) => t.len == Some(-1),
+            Expr::Var(v) => {
+                matches!(self.get_var(v), Ok((SqlType::NVarCharMax, _)))
+                    || matches!(self.get_var(v), Ok((SqlType::VarChar(8000), _)))
+            }
+            _ => false,
+        }
     }
 
     fn server_property(&self, p: &str) -> Value {
