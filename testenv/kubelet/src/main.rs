@@ -71,6 +71,10 @@ struct Args {
     /// Serving key (PEM) of the kubelet API.
     #[arg(long, default_value = "")]
     tls_key_file: PathBuf,
+    /// Pods get addresses 127.<this>.x.y. Environments running side by side on one machine
+    /// must use different blocks, or their pods' ports collide.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pod_ip_block: u8,
     /// First restart back-off after the initial immediate restart; doubles up to 5 minutes.
     #[arg(long, default_value_t = 10)]
     backoff_seconds: u64,
@@ -100,32 +104,39 @@ pub struct Ctx {
     pub backoff: Duration,
     /// Port of the kubelet API (0: not served), advertised in the Node's daemonEndpoints.
     pub serve_port: u16,
-    ips: Mutex<BTreeSet<Ipv4Addr>>,
+    /// Second octet of every pod IP of this node.
+    ip_block: u8,
+    ips: Mutex<(BTreeSet<Ipv4Addr>, u32)>,
 }
 
 impl Ctx {
-    /// Allocates a loopback address 127.0.x.y (x ≥ 1) not used by another pod. Linux routes all
+    /// Allocates a loopback address 127.<block>.x.y not used by another pod. Linux routes all
     /// of 127/8 to `lo`, so each pod can bind its own address and two pods can use one port.
     pub fn alloc_ip(&self) -> Ipv4Addr {
-        let mut used = self.ips.lock().unwrap_or_else(|e| e.into_inner());
-        for x in 1..=254u8 {
-            for y in 1..=254u8 {
-                let ip = Ipv4Addr::new(127, 0, x, y);
-                if !used.contains(&ip) {
-                    used.insert(ip);
-                    return ip;
-                }
+        let mut pool = self.ips.lock().unwrap_or_else(|e| e.into_inner());
+        let (used, cursor) = &mut *pool;
+        // Round robin over 127.<block>.1.1 … 127.<block>.254.254, so an address just released
+        // (its process may still hold a socket in TIME_WAIT) is the last to be reused.
+        for _ in 0..POOL {
+            let n = *cursor % POOL;
+            *cursor = cursor.wrapping_add(1);
+            let ip = Ipv4Addr::new(127, self.ip_block, (n / 254 + 1) as u8, (n % 254 + 1) as u8);
+            if used.insert(ip) {
+                return ip;
             }
         }
         // 64 516 pods on one test node is not a case worth more than a shared address.
-        Ipv4Addr::new(127, 0, 255, 1)
+        Ipv4Addr::new(127, self.ip_block, 255, 1)
     }
 
     /// Returns an address to the pool.
     pub fn release_ip(&self, ip: Ipv4Addr) {
-        self.ips.lock().unwrap_or_else(|e| e.into_inner()).remove(&ip);
+        self.ips.lock().unwrap_or_else(|e| e.into_inner()).0.remove(&ip);
     }
 }
+
+/// Addresses in one pod IP block.
+const POOL: u32 = 254 * 254;
 
 struct Worker {
     tx: watch::Sender<Option<Pod>>,
@@ -167,7 +178,8 @@ async fn main() -> Result<()> {
         kubelet_version: args.kubelet_version.clone(),
         backoff: Duration::from_secs(args.backoff_seconds),
         serve_port: args.serve_port,
-        ips: Mutex::new(BTreeSet::new()),
+        ip_block: args.pod_ip_block,
+        ips: Mutex::new((BTreeSet::new(), 0)),
     });
 
     let server = if args.serve_port != 0 {

@@ -53,6 +53,10 @@ struct Ctr {
     ready_ok: i32,
     ready_fail: i32,
     live_fail: i32,
+    /// The startup probe passed (or there is none): readiness and liveness probes may run.
+    startup_done: bool,
+    startup_fail: i32,
+    next_startup_probe: Instant,
     next_ready_probe: Instant,
     next_live_probe: Instant,
     /// After a failed liveness probe: when to escalate SIGTERM to SIGKILL.
@@ -80,6 +84,9 @@ impl Ctr {
             ready_ok: 0,
             ready_fail: 0,
             live_fail: 0,
+            startup_done: false,
+            startup_fail: 0,
+            next_startup_probe: Instant::now(),
             next_ready_probe: Instant::now(),
             next_live_probe: Instant::now(),
             kill_at: None,
@@ -408,6 +415,35 @@ impl Worker {
             return;
         }
         let now = Instant::now();
+        if !c.startup_done {
+            let Some(p) = c.spec.startup_probe.clone() else {
+                c.startup_done = true;
+                return;
+            };
+            if now < c.next_startup_probe {
+                return;
+            }
+            let ok = probe::run(&p, &c.spec, &ip, &c.env, &c.cwd).await;
+            c.next_startup_probe =
+                Instant::now() + Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
+            if ok {
+                // Readiness and liveness start now, as the kubelet's do after startup succeeds.
+                c.startup_done = true;
+                c.next_ready_probe = Instant::now();
+                c.next_live_probe = Instant::now();
+            } else {
+                c.startup_fail += 1;
+                if c.startup_fail >= p.failure_threshold.unwrap_or(3)
+                    && c.kill_at.is_none()
+                    && let Some(pid) = c.pid
+                {
+                    tracing::info!(container = %c.spec.name, "startup probe failed: restarting");
+                    signal_group(pid, "TERM").await;
+                    c.kill_at = Some(Instant::now() + grace);
+                }
+            }
+            return;
+        }
         match c.spec.readiness_probe.clone() {
             None => c.ready = true,
             Some(p) if now >= c.next_ready_probe => {
@@ -637,7 +673,7 @@ fn container_status(c: &Ctr, prep: &Option<String>) -> ContainerStatus {
         },
         container_id: c.pid.map(|p| format!("process://{p}")),
         ready: c.ready && c.running(),
-        started: Some(c.running()),
+        started: Some(c.running() && c.startup_done),
         restart_count: c.restart_count,
         state: Some(state),
         last_state: c.last_terminated.clone().map(|t| ContainerState {
@@ -734,6 +770,8 @@ async fn launch(
     c.ready_ok = 0;
     c.ready_fail = 0;
     c.live_fail = 0;
+    c.startup_done = false;
+    c.startup_fail = 0;
     let delay = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
         Duration::from_secs(
             p.as_ref()
@@ -744,6 +782,7 @@ async fn launch(
     };
     c.next_ready_probe = Instant::now() + delay(&c.spec.readiness_probe);
     c.next_live_probe = Instant::now() + delay(&c.spec.liveness_probe);
+    c.next_startup_probe = Instant::now() + delay(&c.spec.startup_probe);
     c.env = vars;
     c.cwd = cwd;
     let _ = c.init;

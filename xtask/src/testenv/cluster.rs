@@ -25,6 +25,9 @@ struct Component {
     name: String,
     pid: u32,
     binary: PathBuf,
+    /// Arguments it was started with, so `up` can restart it alone.
+    #[serde(default)]
+    args: Vec<String>,
 }
 
 /// What `up` recorded in `<dir>/state.json`.
@@ -121,6 +124,32 @@ fn stop(c: &Component, grace: Duration) -> bool {
     true
 }
 
+/// A pod IP block (pods get 127.<block>.x.y) that no other running process kubelet on this
+/// machine uses: side-by-side environments (a developer's, CI's smoke run, an e2e suite) would
+/// otherwise hand out the same addresses and their pods' ports would collide.
+fn free_ip_block(seed: u16) -> u8 {
+    let mut taken = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        for arg in cmdline.split(|b| *b == 0) {
+            if let Some(n) = std::str::from_utf8(arg)
+                .ok()
+                .and_then(|a| a.strip_prefix("--pod-ip-block="))
+                && let Ok(n) = n.parse::<u8>()
+            {
+                taken.insert(n);
+            }
+        }
+    }
+    // Start at a seeded place so two `up`s racing each other are unlikely to pick the same one.
+    (0..254u16)
+        .map(|i| ((seed.wrapping_add(i)) % 254 + 1) as u8)
+        .find(|b| !taken.contains(b))
+        .unwrap_or(1)
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -147,6 +176,7 @@ fn spawn(dir: &Path, name: &str, binary: &Path, args: &[String]) -> Result<Compo
         name: name.into(),
         pid: child.id(),
         binary: binary.to_path_buf(),
+        args: args.to_vec(),
     })
 }
 
@@ -231,6 +261,55 @@ fn healthy(dir: &Path, tools: &tools::Tools) -> bool {
         && quiet_ok(kubectl(tools, dir).args(["get", "--raw", "/readyz"]))
 }
 
+/// When `pid` started: field 22 of `/proc/<pid>/stat` (clock ticks after boot; USER_HZ is 100
+/// on every Linux we run on) plus the boot time from `/proc/stat`.
+fn process_start(pid: u32) -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name; starttime is the 20th of them (field 22 overall).
+    let ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let btime: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(btime) + Duration::from_millis(ticks * 10))
+}
+
+/// When the kubelet binary was rebuilt after the running kubelet started, restarts the kubelet
+/// alone (its pods' processes restart with it), so `up` after a code change runs the new code.
+fn restart_stale_kubelet(dir: &Path) -> Result<()> {
+    let Some(mut state) = read_state(dir) else {
+        return Ok(());
+    };
+    let Some(i) = state.components.iter().position(|c| c.name == "kubelet") else {
+        return Ok(());
+    };
+    let c = state.components[i].clone();
+    let built = std::fs::metadata(&c.binary).and_then(|m| m.modified()).ok();
+    let started = process_start(c.pid);
+    let (Some(built), Some(started)) = (built, started) else {
+        return Ok(());
+    };
+    if built <= started || c.args.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "==> the kubelet binary changed since pid {} started: restarting the kubelet",
+        c.pid
+    );
+    stop(&c, Duration::from_secs(30));
+    state.components[i] = spawn(dir, "kubelet", &c.binary, &c.args)?;
+    write_state(dir, &state)
+}
+
 /// Brings the environment up in `dir`; does nothing but check when it is already up.
 pub fn up(dir: &Path) -> Result<Env> {
     let tools = tools::ensure()?;
@@ -241,6 +320,7 @@ pub fn up(dir: &Path) -> Result<Env> {
     let debug = target_dir().join("debug");
     let kubelet_bin = debug.join("kubelet");
     if healthy(dir, &tools) {
+        restart_stale_kubelet(dir)?;
         eprintln!(
             "==> testenv already up in {} (kubeconfig {})",
             dir.display(),
@@ -409,6 +489,7 @@ pub fn up(dir: &Path) -> Result<Env> {
                 format!("--ca-file={}", p(pki.join("ca.crt"))),
                 format!("--kubelet-version={}", tools.k8s_version),
                 format!("--serve-port={kubelet_port}"),
+                format!("--pod-ip-block={}", free_ip_block(api_port)),
                 format!("--tls-cert-file={}", p(pki.join("kubelet-serving.crt"))),
                 format!("--tls-key-file={}", p(pki.join("kubelet-serving.key"))),
             ],
