@@ -561,6 +561,8 @@ async fn request_loop(shared: &Arc<Shared>, wire: &mut Wire, sess: &mut Session)
     let kill = shared.kill_signal(wire.spid);
     loop {
         let msg = tokio::select! {
+            // A pending KILL wins over a request that arrived at the same time.
+            biased;
             _ = kill.notified() => {
                 // KILL or ROLLBACK IMMEDIATE: roll back and close, as the server does.
                 rollback_on_close(shared, sess);

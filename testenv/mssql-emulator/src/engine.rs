@@ -829,6 +829,16 @@ impl<'a> Exec<'a> {
             return Err(e(916, &[&self.sess.login_name.clone(), &db.name.clone()]));
         }
         let (id, new) = (db.id, db.name.clone());
+        let me = self.sess.spid;
+        if db.user_access == 1
+            && id != self.sess.db_id
+            && self
+                .sessions()
+                .iter()
+                .any(|(spid, s)| *spid != me && s.db_id == id)
+        {
+            return Err(e(924, &[&new]));
+        }
         let old = self.cur_db().map(|d| d.name.clone()).unwrap_or_default();
         self.sess.db_id = id;
         let spid = self.sess.spid;
@@ -847,7 +857,7 @@ impl<'a> Exec<'a> {
 
     fn kill(&mut self, spid: i64, inproc: bool) -> R {
         if !self.server_perm("ALTER ANY CONNECTION") {
-            return Err(e(6106, &[&spid.to_string()]));
+            return Err(e(6102, &[]));
         }
         if spid == self.sess.spid as i64 {
             return Err(e(6104, &[]));

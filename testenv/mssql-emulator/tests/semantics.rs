@@ -1108,3 +1108,49 @@ async fn replicate_truncates_non_max_input() {
         Some(5000)
     );
 }
+
+/// SINGLE_USER admits one session (924 for the next), as providers rely on before DROP.
+#[tokio::test]
+async fn single_user_admits_one_session() {
+    let t = target().await;
+    let mut a = t.sa().await;
+    let mut b = t.sa().await;
+    let d = t.n("d924");
+    ok(
+        &mut a,
+        &format!("CREATE DATABASE [{d}]; ALTER DATABASE [{d}] SET SINGLE_USER; USE [{d}]"),
+    )
+    .await;
+    let e = err(&mut b, &format!("USE [{d}]"), 924).await;
+    assert_eq!(
+        e.message(),
+        format!("Database '{d}' is already open and can only have one user at a time.")
+    );
+    ok(
+        &mut a,
+        &format!("USE master; ALTER DATABASE [{d}] SET MULTI_USER"),
+    )
+    .await;
+    ok(&mut b, &format!("USE [{d}]")).await;
+}
+
+/// KILL ends another session (whose next request fails), refuses the caller's own SPID (6104)
+/// and needs ALTER ANY CONNECTION (6102).
+#[tokio::test]
+async fn kill_sessions() {
+    let t = target().await;
+    let mut a = t.sa().await;
+    let mut b = t.sa().await;
+    let spid_b = int(&mut b, "SELECT @@SPID").await.expect("spid");
+    let spid_a = int(&mut a, "SELECT @@SPID").await.expect("spid");
+    err(&mut a, &format!("KILL {spid_a}"), 6104).await;
+    ok(&mut a, &format!("KILL {spid_b}")).await;
+    assert!(
+        run(&mut b, "SELECT 1").await.is_err(),
+        "the killed session is closed"
+    );
+    let l = t.n("Lkill");
+    ok(&mut a, &format!("CREATE LOGIN [{l}] WITH PASSWORD = '{PW}'")).await;
+    let mut lc = t.login(&l, PW, None).await.expect("login");
+    err(&mut lc, &format!("KILL {spid_a}"), 6102).await;
+}
