@@ -274,7 +274,40 @@ pub fn in_container<T>(r: Result<T>, c: &Container) -> Result<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::expand;
+    use super::{expand, field};
+    use k8s_openapi::api::core::v1::{ObjectFieldSelector, Pod, PodSpec};
+    use kube::api::ObjectMeta;
+
+    fn sel(path: &str) -> ObjectFieldSelector {
+        ObjectFieldSelector {
+            field_path: path.into(),
+            api_version: None,
+        }
+    }
+
+    #[test]
+    fn downward_api_fields() {
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("ns".into()),
+                labels: Some([("app".to_string(), "tp".to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some("proc-node".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let f = |p: &str| field(&pod, &sel(p), "127.1.1.1").unwrap();
+        assert_eq!(f("metadata.name"), "p");
+        assert_eq!(f("metadata.namespace"), "ns");
+        assert_eq!(f("status.podIP"), "127.1.1.1");
+        assert_eq!(f("spec.nodeName"), "proc-node");
+        assert_eq!(f("metadata.labels['app']"), "tp");
+        assert!(field(&pod, &sel("spec.nope"), "").is_err());
+    }
 
     #[test]
     fn expansion() {

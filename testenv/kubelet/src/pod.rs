@@ -539,11 +539,18 @@ impl Worker {
             }),
             ..Default::default()
         };
-        match pods.delete(&self.name, &dp).await {
-            Ok(_) => {}
-            // Already gone, or a new pod took the name (the UID precondition protects it).
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => tracing::warn!(pod = %self.name, error = %e, "delete failed"),
+        // This worker ends after the delete and is not started again for this UID, so a
+        // transient failure must be retried here or the pod stays Terminating.
+        for attempt in 1..=10 {
+            match pods.delete(&self.name, &dp).await {
+                Ok(_) => return,
+                // Already gone, or a new pod took the name (the UID precondition protects it).
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return,
+                Err(e) => {
+                    tracing::warn!(pod = %self.name, attempt, error = %e, "delete failed");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
         }
     }
 
