@@ -31,9 +31,12 @@ use worker::{
 };
 
 /// In-memory Secrets: `(namespace, name, key)` → value, with a version bumped on every set.
+/// (namespace, name, key).
+type SecretKey = (String, String, String);
+
 #[derive(Default)]
 pub struct MemSecrets {
-    values: Mutex<HashMap<(String, String, String), (String, u64)>>,
+    values: Mutex<HashMap<SecretKey, (String, u64)>>,
 }
 
 impl MemSecrets {

@@ -1,0 +1,326 @@
+//! Wiring: configuration → Kubernetes client, Lease, WorkItem watch, SQL pool, health
+//! server → the scheduling loop. Only the Lease holder touches SQL; a standby keeps its
+//! cache warm and waits. Losing the Lease ends the process ([`RunError::LostLease`]).
+//!
+//! ```text
+//!   watch WorkItems (label worker=<name>) ──▶ Scheduler (pure) ──▶ tasks (≤ MAX_CONCURRENT_OPERATIONS)
+//!   Lease (kube-lease-manager) ──▶ leader? ──┘                      │ reconcile_all (batched)
+//!                                                                   ▼
+//!                              status SSA (WORKER_MANAGER) ◀── completions
+//! ```
+
+use crate::{
+    config::{Auth, LogFormat, WorkerConfig},
+    exec::{SqlPool, credentials::SecretCredentials},
+    health::{self, Health},
+    k8s,
+    metrics::Metrics,
+    queue::{Backoff, Scheduler},
+    reconcile::{ItemError, LeaderGate, Outcome, Reconciler},
+};
+use apis::{constants::LABEL_WORKER, generated::workitems::WorkItem, queue::WORKER_MANAGER};
+use futures::StreamExt;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+use tokio::sync::{Semaphore, mpsc};
+
+/// Why the worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Another replica holds the Lease now.
+    #[error("lost the Lease")]
+    LostLease,
+    /// Start-up failed.
+    #[error("{0}")]
+    Startup(String),
+    /// The WorkItem watch ended.
+    #[error("the WorkItem watch ended")]
+    WatchEnded,
+}
+
+/// Installs the tracing subscriber (JSON or plain, `RUST_LOG` filter, info by default).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Plain => builder.try_init(),
+    };
+}
+
+struct Done {
+    key: String,
+    generation: i64,
+    resource_generation: Option<i64>,
+    outcome: Outcome,
+}
+
+/// Lease timings: a standby takes over within 15 s of a holder that stopped renewing.
+const LEASE_SECONDS: u64 = 15;
+const LEASE_GRACE_SECONDS: u64 = 5;
+
+/// Runs the worker until it loses the Lease or fails.
+pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
+    init_logging(config.log_format);
+    let credentials = match &config.auth {
+        Auth::Secret { user, password } => Arc::new(SecretCredentials::new(user.clone(), password.clone())),
+        Auth::NotYetSupported(m) => {
+            return Err(RunError::Startup(format!(
+                "AUTH_METHOD={m} is not available in this worker version; use Secret"
+            )));
+        }
+    };
+    let client = Client::try_default()
+        .await
+        .map_err(|e| RunError::Startup(format!("Kubernetes client: {e}")))?;
+    if let Some(ca) = &config.ca {
+        config.server.tls.ca_pem = Some(k8s::read_ca(&client, ca).await.map_err(RunError::Startup)?);
+    }
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| RunError::Startup(format!("cannot listen on {}: {e}", config.bind)))?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(health::serve(
+        listener,
+        health.clone(),
+        metrics.clone(),
+        async move {
+            let _ = stop_rx.changed().await;
+        },
+    ));
+    tracing::info!(bind = %config.bind, worker = %config.worker_name, "worker starting");
+
+    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &config.worker_name)
+        .with_namespace(&config.namespace)
+        .with_identity(&config.pod_name)
+        .with_duration(LEASE_SECONDS)
+        .with_grace(LEASE_GRACE_SECONDS)
+        .with_field_manager(WORKER_MANAGER)
+        .build()
+        .await
+        .map_err(|e| RunError::Startup(format!("Lease {}: {e}", config.worker_name)))?;
+    let (mut leader_rx, lease_task) = lease.watch().await;
+
+    let pool = Arc::new(SqlPool::new(config.server.clone(), credentials, metrics.clone()));
+    let gate: Arc<dyn LeaderGate> = Arc::new(leader_rx.clone());
+    let reconciler = Arc::new(Reconciler {
+        pool: pool.clone(),
+        secrets: Arc::new(k8s::KubeSecrets {
+            client: client.clone(),
+        }),
+        leader: gate,
+        metrics: metrics.clone(),
+    });
+
+    let api: Api<WorkItem> = Api::namespaced(client.clone(), &config.namespace);
+    let (store, writer) = reflector::store();
+    let selector = format!("{LABEL_WORKER}={}", config.worker_name);
+    let mut events = Box::pin(
+        watcher(api.clone(), watcher::Config::default().labels(&selector))
+            .default_backoff()
+            .reflect(writer),
+    );
+
+    let mut scheduler = Scheduler::new(
+        config.poll_interval,
+        Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        },
+    );
+    let permits = Arc::new(Semaphore::new(config.max_concurrent_operations));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_ping = Instant::now() - Duration::from_secs(60);
+    let mut was_leader = false;
+
+    let result = loop {
+        tokio::select! {
+            ev = events.next() => {
+                let Some(ev) = ev else { break Err(RunError::WatchEnded) };
+                match ev {
+                    Ok(watcher::Event::Apply(wi) | watcher::Event::InitApply(wi)) => {
+                        scheduler.upsert(k8s::seen(&wi, config.poll_interval), Instant::now());
+                    }
+                    Ok(watcher::Event::Delete(wi)) => scheduler.remove(&wi.name_any()),
+                    Ok(watcher::Event::Init) => {}
+                    Ok(watcher::Event::InitDone) => {
+                        // A re-list may have dropped items deleted while disconnected.
+                        let live: std::collections::HashSet<String> =
+                            store.state().iter().map(|w| w.name_any()).collect();
+                        let mut fresh = Scheduler::new(config.poll_interval, Backoff { base: Duration::from_secs(1), max: Duration::from_secs(300) });
+                        if scheduler.len() != live.len() {
+                            for wi in store.state() {
+                                fresh.upsert(k8s::seen(&wi, config.poll_interval), Instant::now());
+                            }
+                            scheduler = fresh;
+                        }
+                        health.synced.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "WorkItem watch error (retrying)"),
+                }
+            }
+            changed = leader_rx.changed() => {
+                if changed.is_err() {
+                    break Err(RunError::LostLease);
+                }
+                let leading = *leader_rx.borrow();
+                health.leader.store(leading, Ordering::Relaxed);
+                metrics.leader.set(i64::from(leading));
+                if was_leader && !leading {
+                    break Err(RunError::LostLease);
+                }
+                if leading {
+                    tracing::info!(identity = %config.pod_name, "holding the Lease: processing WorkItems");
+                }
+                was_leader = leading;
+            }
+            Some(done) = done_rx.recv() => {
+                let now = Instant::now();
+                let lost = done.outcome.lost_lease();
+                let success = done.outcome.error.is_none();
+                let attempts = scheduler.complete(&done.key, done.generation, success, now);
+                if lost {
+                    break Err(RunError::LostLease);
+                }
+                let doc = k8s::status_document(&k8s::StatusInput {
+                    generation: done.generation,
+                    resource_generation: done.resource_generation,
+                    outcome: &done.outcome,
+                    attempts,
+                    holder: &config.pod_name,
+                    now: k8s_openapi::jiff::Timestamp::now().to_string(),
+                });
+                let api = api.clone();
+                tokio::spawn(async move {
+                    let write = tokio::time::timeout(Duration::from_secs(10), k8s::write_status(&api, &done.key, &doc)).await;
+                    match write {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(item = %done.key, error = %e, "cannot write status"),
+                        Err(_) => tracing::warn!(item = %done.key, "status write timed out"),
+                    }
+                });
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                metrics.queue_depth.set(scheduler.depth(now) as i64);
+                metrics.oldest_pending_seconds.set(scheduler.oldest_pending(now).map(|d| d.as_secs_f64()).unwrap_or(0.0));
+                if !*leader_rx.borrow() || !health.synced.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if now.duration_since(last_ping) >= Duration::from_secs(10) {
+                    last_ping = now;
+                    let (pool, health) = (pool.clone(), health.clone());
+                    tokio::spawn(async move {
+                        health.sql_ok.store(pool.ping().await.is_ok(), Ordering::Relaxed);
+                    });
+                }
+                dispatch(&mut scheduler, &store, &reconciler, &permits, &done_tx, now);
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    // Dropping the receiver makes the lease task release the Lease and end.
+    drop(leader_rx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
+    result
+}
+
+/// Hands ready work to tasks while permits last: changed items one by one (in order), then
+/// one batch of everything due for a drift check.
+fn dispatch(
+    scheduler: &mut Scheduler,
+    store: &reflector::Store<WorkItem>,
+    reconciler: &Arc<Reconciler>,
+    permits: &Arc<Semaphore>,
+    done: &mpsc::UnboundedSender<Done>,
+    now: Instant,
+) {
+    let lookup = |key: &str| store.state().into_iter().find(|w| w.name_any() == key);
+    while let Ok(permit) = permits.clone().try_acquire_owned() {
+        let Some(key) = scheduler.next_changed(now) else {
+            drop(permit);
+            break;
+        };
+        let Some(wi) = lookup(&key) else {
+            scheduler.remove(&key);
+            continue;
+        };
+        spawn_batch(vec![wi], reconciler.clone(), done.clone(), permit);
+    }
+    if let Ok(permit) = permits.clone().try_acquire_owned() {
+        let due = scheduler.due_for_sweep(now);
+        let items: Vec<Arc<WorkItem>> = due.iter().filter_map(|k| lookup(k)).collect();
+        if items.len() != due.len() {
+            for k in &due {
+                if lookup(k).is_none() {
+                    scheduler.remove(k);
+                }
+            }
+        }
+        if items.is_empty() {
+            drop(permit);
+        } else {
+            spawn_batch(items, reconciler.clone(), done.clone(), permit);
+        }
+    }
+}
+
+fn spawn_batch(
+    work_items: Vec<Arc<WorkItem>>,
+    reconciler: Arc<Reconciler>,
+    done: mpsc::UnboundedSender<Done>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut valid = Vec::new();
+        let mut meta = Vec::new();
+        for wi in &work_items {
+            let generation = wi.metadata.generation.unwrap_or(0);
+            let resource_generation = wi.spec.resource_ref.generation;
+            match k8s::item(wi) {
+                Ok(item) => {
+                    valid.push(item);
+                    meta.push((wi.name_any(), generation, resource_generation));
+                }
+                Err(message) => {
+                    tracing::warn!(item = %wi.name_any(), %message, "invalid WorkItem");
+                    let _ = done.send(Done {
+                        key: wi.name_any(),
+                        generation,
+                        resource_generation,
+                        // Invalid until the spec changes: reported, not retried.
+                        outcome: Outcome {
+                            error: Some(ItemError {
+                                reason: "InvalidRequest".into(),
+                                number: None,
+                                message,
+                            }),
+                            ..Outcome::default()
+                        },
+                    });
+                }
+            }
+        }
+        let outcomes = reconciler.reconcile_all(&valid).await;
+        for ((key, generation, resource_generation), outcome) in meta.into_iter().zip(outcomes) {
+            let _ = done.send(Done {
+                key,
+                generation,
+                resource_generation,
+                outcome,
+            });
+        }
+    });
+}
