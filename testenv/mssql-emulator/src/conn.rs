@@ -392,6 +392,29 @@ async fn login_session(
             }
         }
     };
+    // A contained database authenticates its own users first (B3: CREATE USER … WITH PASSWORD).
+    if fedauth.is_none() && !login.database.is_empty() {
+        let contained = {
+            let cat = shared.catalog();
+            cat.db(&login.database)
+                .filter(|d| d.containment == 1)
+                .and_then(|d| {
+                    d.principal(&user).and_then(|u| {
+                        u.password_hash
+                            .as_ref()
+                            .map(|h| (d.id, d.name.clone(), u.id, u.name.clone(), h.clone()))
+                    })
+                })
+        };
+        if let Some((db_id, db_name, uid, uname, hash)) = contained {
+            if !crate::catalog::verify_password(&login.password, &hash) {
+                return login_failed(wire, shared, vec![fail18456()]).await;
+            }
+            let mut sess = finish_login(shared, wire, login, None, 0, &uname, db_id, &db_name).await?;
+            sess.contained = Some((db_id, uid));
+            return Ok(Some(sess));
+        }
+    }
     let decision = {
         let mut cat = shared.catalog();
         let found = match &fedauth {
@@ -463,6 +486,32 @@ async fn login_session(
         Ok(x) => x,
         Err(errs) => return login_failed(wire, shared, errs).await,
     };
+    let sess = finish_login(
+        shared,
+        wire,
+        login,
+        fedauth,
+        login_id,
+        &login_name,
+        db_id,
+        &db_name,
+    )
+    .await?;
+    Ok(Some(sess))
+}
+
+/// Sends the login response (spec A6) and registers the session.
+#[allow(clippy::too_many_arguments)]
+async fn finish_login(
+    shared: &Arc<Shared>,
+    wire: &mut Wire,
+    login: &tds::Login7,
+    fedauth: Option<Vec<u8>>,
+    login_id: i32,
+    login_name: &str,
+    db_id: i32,
+    db_name: &str,
+) -> CResult<Session> {
     // Packet size: the client's request (0 = server default), capped at 16383 under TLS.
     let mut size = if login.packet_size == 0 {
         4096
@@ -473,9 +522,9 @@ async fn login_session(
         size = size.min(16383);
     }
     let mut t = Tokens::new();
-    t.env_str(1, &db_name, "master");
+    t.env_str(1, db_name, "master");
     t.message(
-        &SqlError::new(5701, &[&db_name]).with_state(2),
+        &SqlError::new(5701, &[db_name]).with_state(2),
         &shared.identity.server_name,
         1,
     );
@@ -505,7 +554,7 @@ async fn login_session(
     t.done(token::DONE, 0, 0, 0);
     wire.send(ptype::REPLY, &t.buf).await?;
     wire.packet_size = size;
-    let mut sess = Session::new(wire.spid, login_id, &login_name, db_id);
+    let mut sess = Session::new(wire.spid, login_id, login_name, db_id);
     // Every client in scope sets fUseDB (0x20); pytds and FreeTDS track the database from the
     // ENVCHANGE, so it is always sent.
     sess.use_db_env = true;
@@ -513,7 +562,7 @@ async fn login_session(
         wire.spid,
         SessionInfo {
             login_id,
-            login_name,
+            login_name: login_name.to_string(),
             db_id,
             login_time: crate::catalog::now_ms(),
             host: login.hostname.clone(),
@@ -522,7 +571,7 @@ async fn login_session(
         },
     );
     shared.count(|c| c.logins += 1);
-    Ok(Some(sess))
+    Ok(sess)
 }
 
 /// The ADAL workflow (spec A7): a message holding only FEDAUTHINFO (STS URL and SPN), then the

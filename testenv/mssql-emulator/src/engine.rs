@@ -146,6 +146,9 @@ pub struct Session {
     pub options: BTreeMap<String, String>,
     /// Whether the client asked for ENVCHANGE on USE (LOGIN7 fUseDB).
     pub use_db_env: bool,
+    /// For a contained-database user's session: (database id, user principal id). Such a
+    /// session has no login (login_id 0).
+    pub contained: Option<(i32, i32)>,
 }
 
 impl Session {
@@ -164,6 +167,7 @@ impl Session {
             xact_abort: false,
             options: BTreeMap::new(),
             use_db_env: true,
+            contained: None,
         }
     }
 }
@@ -727,6 +731,11 @@ impl<'a> Exec<'a> {
     /// The database user the current login acts as in `db` (B0.6): dbo for sysadmin and the
     /// owner, the mapped user, guest with CONNECT, or none.
     fn user_in(&self, db: &Database) -> Option<i32> {
+        if let Some((cdb, uid)) = self.sess.contained
+            && cdb == db.id
+        {
+            return Some(uid);
+        }
         let sid = self.login_sid();
         if self.sysadmin() || db.owner_sid == sid {
             return Some(1);

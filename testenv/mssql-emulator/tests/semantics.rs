@@ -335,7 +335,7 @@ async fn c34_drop_logged_in_login() {
     b.close().await.expect("close");
     // The server notices the disconnect asynchronously; poll with a bound instead of sleeping blind.
     let mut dropped = false;
-    for _ in 0..100 {
+    for _ in 0..600 {
         if run(&mut c, &format!("DROP LOGIN [{l}]")).await.is_ok() {
             dropped = true;
             break;
@@ -453,7 +453,7 @@ async fn c39_drop_database_owner() {
     ok(&mut lc, &format!("CREATE DATABASE [{y}]")).await;
     lc.close().await.expect("close");
     let mut last = None;
-    for _ in 0..100 {
+    for _ in 0..600 {
         match run(&mut sa, &format!("DROP LOGIN [{l}]")).await {
             Err(tiberius::error::Error::Server(e)) if e.code() == 15434 => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await
@@ -1153,4 +1153,46 @@ async fn kill_sessions() {
     ok(&mut a, &format!("CREATE LOGIN [{l}] WITH PASSWORD = '{PW}'")).await;
     let mut lc = t.login(&l, PW, None).await.expect("login");
     err(&mut lc, &format!("KILL {spid_a}"), 6102).await;
+}
+
+/// Contained users (B3, `WITH PASSWORD` in a PARTIAL database) log in with that database in
+/// LOGIN7; without it, or with a wrong password, the login fails (there is no server login).
+#[tokio::test]
+async fn contained_user_login() {
+    let t = target().await;
+    let mut c = t.sa().await;
+    let (d, u) = (t.n("dcont"), t.n("cu"));
+    ok(
+        &mut c,
+        "EXEC sp_configure 'contained database authentication', 1; RECONFIGURE;",
+    )
+    .await;
+    ok(&mut c, &format!("CREATE DATABASE [{d}] CONTAINMENT = PARTIAL")).await;
+    ok(
+        &mut c,
+        &format!("USE [{d}]; CREATE USER [{u}] WITH PASSWORD = '{PW}'"),
+    )
+    .await;
+    assert_eq!(
+        int(
+            &mut c,
+            &format!("SELECT authentication_type FROM sys.database_principals WHERE name = '{u}'")
+        )
+        .await,
+        Some(2)
+    );
+    let mut cu = t.login(&u, PW, Some(&d)).await.expect("contained user logs in");
+    assert_eq!(text(&mut cu, "SELECT USER_NAME()").await, Some(u.clone()));
+    assert_eq!(text(&mut cu, "SELECT DB_NAME()").await, Some(d.clone()));
+    assert_eq!(
+        t.login(&u, "Wr0ng!Passw0rd", Some(&d))
+            .await
+            .err()
+            .and_then(|e| e.code()),
+        Some(18456)
+    );
+    assert_eq!(
+        t.login(&u, PW, None).await.err().and_then(|e| e.code()),
+        Some(18456)
+    );
 }
