@@ -208,16 +208,16 @@ pub struct WorkerSettings {
     pub node_selector: BTreeMap<String, String>,
     /// Tolerations, in the Pod API's shape.
     pub tolerations: Vec<serde_json::Value>,
-    /// Drift sweep interval.
+    /// Drift sweep interval; `None` = the provider's default (`--poll-interval`).
     #[garde(custom(at_least_a_second))]
-    pub poll_interval: Duration,
+    pub poll_interval: Option<Duration>,
     /// Concurrent SQL operations.
     #[garde(range(min = 1, max = 64))]
     pub max_concurrent_operations: u32,
 }
 
-fn at_least_a_second(value: &Duration, _: &()) -> garde::Result {
-    if *value >= Duration::from_secs(1) {
+fn at_least_a_second(value: &Option<Duration>, _: &()) -> garde::Result {
+    if value.is_none_or(|v| v >= Duration::from_secs(1)) {
         Ok(())
     } else {
         Err(garde::Error::new("must be at least 1s"))
@@ -513,11 +513,12 @@ fn convert(
         poll_interval: None,
         max_concurrent_operations: None,
     });
-    let poll_interval = match parse_go_duration(worker.poll_interval.as_deref().unwrap_or("10m")) {
-        Ok(d) => d,
-        Err(e) => {
+    let poll_interval = match worker.poll_interval.as_deref().map(parse_go_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
             problems.push(format!("spec.worker.pollInterval: {e}"));
-            Duration::ZERO
+            None
         }
     };
     let port = wire.endpoint.port.unwrap_or(1433);

@@ -14,7 +14,6 @@ use apis::{
         UserKind, UserRequest,
     },
 };
-use std::time::Duration;
 
 fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
     serde_saphyr::from_str(text).unwrap_or_else(|e| panic!("fixture does not parse: {e}\n{text}"))
@@ -508,9 +507,8 @@ spec:
     };
     assert_eq!((object.namespace.as_str(), key.as_str()), ("team-a", "ca.crt"));
     assert_eq!(
-        config.worker.poll_interval,
-        Duration::from_secs(600),
-        "pollInterval default 10m"
+        config.worker.poll_interval, None,
+        "unset: the provider's --poll-interval applies"
     );
     assert_eq!(config.worker.max_concurrent_operations, 4);
     assert_eq!(config.worker.replicas, 1);
@@ -580,6 +578,11 @@ fn cluster_provider_config_cases() {
         (
             "trustServerCertificate alone is an explicit opt-in",
             "  endpoint: {host: h}\n  credentials: {source: InjectedIdentity}\n  tls: {trustServerCertificate: true}\n",
+            true,
+        ),
+        (
+            "an explicit poll interval",
+            "  endpoint: {host: h}\n  credentials: {source: InjectedIdentity}\n  worker: {pollInterval: 30s}\n",
             true,
         ),
         (

@@ -217,6 +217,7 @@ async fn reconcile_inner<K: ConfigKindExt>(obj: &K, ctx: &Ctx) -> Result<Action,
         &ctx.provider_namespace,
         &ctx.worker_image,
         &ctx.log_format,
+        ctx.default_poll,
     );
     let pp = PatchParams::apply(PROVIDER_MANAGER).force();
     if let Some(sa) = &objects.service_account {

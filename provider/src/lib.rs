@@ -102,6 +102,8 @@ pub struct Ctx {
     pub recorder: Recorder,
     /// Metrics.
     pub metrics: Arc<metrics::Metrics>,
+    /// Drift-sweep interval of workers whose config does not set one.
+    pub default_poll: Duration,
 }
 
 /// Reconcile errors, with a stable label per variant for metrics.
@@ -294,7 +296,7 @@ async fn serve_health(
 /// Runs the provider until SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     init_tracing(&args.log_format);
-    apis::config::parse_go_duration(&args.poll_interval)
+    let default_poll = apis::config::parse_go_duration(&args.poll_interval)
         .map_err(|e| anyhow::anyhow!("--poll-interval: {e}"))?;
     let client = Client::try_default().await?;
     let metrics = Arc::new(metrics::Metrics::default());
@@ -351,6 +353,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             },
         ),
         metrics,
+        default_poll,
     });
     let rate = args.max_reconcile_rate;
     let controllers = vec![

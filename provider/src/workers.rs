@@ -30,7 +30,7 @@ use k8s_openapi::{
     },
 };
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 /// Port of the worker's `/healthz`, `/readyz` and `/metrics`.
 pub const WORKER_HEALTH_PORT: i32 = 8080;
@@ -205,6 +205,7 @@ pub fn build(
     provider_namespace: &str,
     default_image: &str,
     log_format: &str,
+    default_poll: Duration,
 ) -> WorkerObjects {
     let name = worker_name(config);
     let namespace = worker_namespace(config, server, provider_namespace);
@@ -306,6 +307,7 @@ pub fn build(
         ));
     }
 
+    let env = worker_env(server, &name, log_format, default_poll);
     let deployment = deployment(
         server,
         &name,
@@ -314,7 +316,7 @@ pub fn build(
         &owner,
         &service_account_name,
         default_image,
-        log_format,
+        env,
     );
     WorkerObjects {
         name,
@@ -364,7 +366,12 @@ fn secret_key(name: &str, secret: &str, key: &str) -> EnvVar {
 
 /// The worker's environment, per apis::queue::env. Secret values only ever travel as
 /// `secretKeyRef`s: the provider never reads the worker's credentials.
-pub fn worker_env(server: &ServerConfig, name: &str, log_format: &str) -> Vec<EnvVar> {
+pub fn worker_env(
+    server: &ServerConfig,
+    name: &str,
+    log_format: &str,
+    default_poll: Duration,
+) -> Vec<EnvVar> {
     let mut vars = vec![
         plain(env::WORKER_NAME, name),
         field(env::POD_NAMESPACE, "metadata.namespace"),
@@ -446,9 +453,10 @@ pub fn worker_env(server: &ServerConfig, name: &str, log_format: &str) -> Vec<En
         }
         Credentials::AzureManagedIdentity { client_id: None } | Credentials::InjectedIdentity => {}
     }
+    let poll = server.worker.poll_interval.unwrap_or(default_poll);
     vars.push(plain(
         env::POLL_INTERVAL,
-        format!("{}s", server.worker.poll_interval.as_secs().max(1)),
+        format!("{}ms", poll.as_millis().max(1000)),
     ));
     vars.push(plain(
         env::MAX_CONCURRENT_OPERATIONS,
@@ -493,7 +501,7 @@ fn deployment(
     owner: &OwnerReference,
     service_account: &str,
     default_image: &str,
-    log_format: &str,
+    env: Vec<EnvVar>,
 ) -> Deployment {
     let selector = BTreeMap::from([
         (LABEL_NAME.to_owned(), WORKER_COMPONENT.to_owned()),
@@ -514,7 +522,7 @@ fn deployment(
                 .unwrap_or_else(|| default_image.to_owned()),
         ),
         image_pull_policy: Some("IfNotPresent".into()),
-        env: Some(worker_env(server, name, log_format)),
+        env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some("health".into()),
             container_port: WORKER_HEALTH_PORT,
@@ -647,6 +655,8 @@ mod tests {
     use super::*;
     use apis::generated::{clusterproviderconfigs::ClusterProviderConfig, providerconfigs::ProviderConfig};
 
+    const TEN_MINUTES: Duration = Duration::from_secs(600);
+
     fn pc(spec: &str) -> (ConfigIdentity, ServerConfig) {
         let pc: ProviderConfig = serde_saphyr::from_str(&format!(
             "apiVersion: sqlserver.kubesql.io/v1alpha1\nkind: ProviderConfig\nmetadata: {{name: sql1, namespace: team-a, uid: u-1}}\nspec:\n{spec}"
@@ -685,7 +695,7 @@ mod tests {
         let (id, server) = pc(
             "  endpoint: {host: sql.internal, port: 1444}\n  credentials: {source: Secret, secretRef: {name: sa-login}}\n",
         );
-        let objects = build(&id, &server, "provider-system", "worker:dev", "json");
+        let objects = build(&id, &server, "provider-system", "worker:dev", "json", TEN_MINUTES);
         assert_eq!(objects.name, "sqlserver-worker-pc-sql1");
         assert_eq!(
             objects.namespace, "team-a",
@@ -733,7 +743,11 @@ mod tests {
             "status.podIP"
         );
         assert_eq!(env[env::TLS_MODE].value.as_deref(), Some("Required"));
-        assert_eq!(env[env::POLL_INTERVAL].value.as_deref(), Some("600s"));
+        assert_eq!(
+            env[env::POLL_INTERVAL].value.as_deref(),
+            Some("600000ms"),
+            "the provider's default"
+        );
         let owner = &objects.deployment.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
@@ -746,7 +760,7 @@ mod tests {
     #[test]
     fn pod_is_hardened() {
         let (id, server) = pc("  endpoint: {host: h}\n  credentials: {source: InjectedIdentity}\n");
-        let d = build(&id, &server, "p", "worker:dev", "json").deployment;
+        let d = build(&id, &server, "p", "worker:dev", "json", TEN_MINUTES).deployment;
         let pod = d.spec.unwrap().template.spec.unwrap();
         let sc = pod.containers[0].security_context.clone().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true));
@@ -774,7 +788,7 @@ mod tests {
             uid: "u-2".into(),
         };
         let server = ServerConfig::try_from(&cpc).unwrap();
-        let objects = build(&id, &server, "provider-system", "w", "plain");
+        let objects = build(&id, &server, "provider-system", "w", "plain", TEN_MINUTES);
         assert_eq!(objects.name, "sqlserver-worker-cpc-default");
         assert_eq!(
             objects.namespace, "infra",
@@ -804,7 +818,7 @@ mod tests {
         let (id, server) = pc(
             "  endpoint: {host: h}\n  credentials: {source: AzureWorkloadIdentity, azure: {clientId: 11111111-2222-3333-4444-555555555555, tenantId: 11111111-2222-3333-4444-666666666666}}\n",
         );
-        let objects = build(&id, &server, "p", "w", "json");
+        let objects = build(&id, &server, "p", "w", "json", TEN_MINUTES);
         let annotations = objects.service_account.unwrap().metadata.annotations.unwrap();
         assert_eq!(
             annotations["azure.workload.identity/client-id"],
@@ -824,7 +838,7 @@ mod tests {
         let (id, server) = pc(
             "  endpoint: {host: h}\n  credentials: {source: AwsSecretsManager, awsSecretsManager: {secretId: x, region: eu-west-1, roleArn: \"arn:aws:iam::123456789012:role/sql\"}}\n",
         );
-        let objects = build(&id, &server, "p", "w", "json");
+        let objects = build(&id, &server, "p", "w", "json", TEN_MINUTES);
         assert_eq!(
             objects.service_account.unwrap().metadata.annotations.unwrap()["eks.amazonaws.com/role-arn"],
             "arn:aws:iam::123456789012:role/sql"
@@ -832,7 +846,7 @@ mod tests {
         let (id, server) = pc(
             "  endpoint: {host: h}\n  credentials: {source: InjectedIdentity}\n  worker: {serviceAccountName: existing}\n",
         );
-        let objects = build(&id, &server, "p", "w", "json");
+        let objects = build(&id, &server, "p", "w", "json", TEN_MINUTES);
         assert!(
             objects.service_account.is_none(),
             "an existing ServiceAccount is used as is"

@@ -22,6 +22,10 @@ const CRD_DIRS: &[&str] = &["package/crds", "apis/crds"];
 /// Where the generated modules go, relative to the workspace root.
 const OUT_DIR: &str = "apis/src/generated";
 
+/// Install manifests that carry verbatim copies of every CRD (kustomize and Helm refuse
+/// files outside their own directory); `gen` keeps them identical to the sources.
+const CRD_COPIES: &[&str] = &["deploy/install/crds", "deploy/helm/provider-sqlserver/crds"];
+
 /// Entry point: regenerate, or with `check` compare against what is on disk.
 pub fn run(check: bool) -> Result<()> {
     let kopium = util::ensure_cargo_tool("kopium", KOPIUM, "kopium")?;
@@ -60,10 +64,31 @@ pub fn run(check: bool) -> Result<()> {
     }
     expected.push((PathBuf::from(OUT_DIR).join("mod.rs"), rustfmt(&index)?));
 
-    let stale = stale_files(&root, &expected)?;
+    let mut copies = Vec::new();
+    for dir in CRD_COPIES {
+        for crd in &crds {
+            let name = crd.file_name().context("CRD file name")?;
+            copies.push((
+                PathBuf::from(dir).join(name),
+                std::fs::read_to_string(root.join(crd))?,
+            ));
+        }
+    }
+    let mut stale = stale_files(&root, &expected)?;
+    stale.extend(
+        copies
+            .iter()
+            .filter(|(path, text)| {
+                std::fs::read_to_string(root.join(path)).ok().as_deref() != Some(text.as_str())
+            })
+            .map(|(path, _)| path.clone()),
+    );
     if check {
         if stale.is_empty() {
-            eprintln!("    generated code matches package/crds ({} CRDs)", crds.len());
+            eprintln!(
+                "    generated code and CRD copies match package/crds ({} CRDs)",
+                crds.len()
+            );
             return Ok(());
         }
         bail!(
@@ -77,11 +102,11 @@ pub fn run(check: bool) -> Result<()> {
     }
     let out = root.join(OUT_DIR);
     std::fs::create_dir_all(&out)?;
-    for (path, code) in &expected {
+    for (path, code) in expected.iter().chain(&copies) {
         std::fs::write(root.join(path), code)?;
     }
     for path in &stale {
-        if !expected.iter().any(|(p, _)| p == path) {
+        if !expected.iter().chain(&copies).any(|(p, _)| p == path) {
             std::fs::remove_file(root.join(path))?;
         }
     }

@@ -206,7 +206,7 @@ pub struct ClusterProviderConfigWorker {
     /// Extra labels on the worker pods.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "podLabels")]
     pub pod_labels: Option<BTreeMap<String, String>>,
-    /// How often the worker sweeps its objects for drift (Go duration, e.g. 10m). Managed resources may override it with crossplane.io/poll-interval.
+    /// How often the worker sweeps its objects for drift (Go duration, e.g. 10m). Unset: the provider's --poll-interval (default 10m). Managed resources may override it with crossplane.io/poll-interval.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "pollInterval")]
     pub poll_interval: Option<String>,
     /// Worker replicas; one holds the Lease and works, the others stand by.
