@@ -343,7 +343,7 @@ impl<'a> Exec<'a> {
             .collect();
         let st = Stmt {
             line: 1,
-            kind: StmtKind::ExecProc(name.to_string(), exprs),
+            kind: StmtKind::ExecProc(None, name.to_string(), exprs),
         };
         let _ = self.stmt(&st, true);
     }
@@ -410,7 +410,7 @@ impl<'a> Exec<'a> {
         }
         self.kinds.push(kind_name(&st.kind));
         let changes_catalog = match &st.kind {
-            StmtKind::ExecProc(name, _) => !name.eq_ignore_ascii_case("sp_executesql"),
+            StmtKind::ExecProc(_, name, _) => !name.eq_ignore_ascii_case("sp_executesql"),
             StmtKind::Reconfigure
             | StmtKind::CreateDatabase { .. }
             | StmtKind::AlterDatabase { .. }
@@ -546,7 +546,21 @@ impl<'a> Exec<'a> {
                 }
                 Ok(())
             }
-            StmtKind::ExecProc(name, args) => self.exec_proc(name, args, inproc),
+            StmtKind::ExecProc(db, name, args) => match db {
+                None => self.exec_proc(name, args, inproc),
+                Some(d) => {
+                    // The procedure runs in database `d`, like a USE scoped to the call.
+                    let target = self.cat.db(d).ok_or_else(|| e(911, &[d]))?;
+                    if self.user_in(target).is_none() {
+                        return Err(e(916, &[&self.sess.login_name.clone(), &target.name.clone()]));
+                    }
+                    let (saved, id) = (self.sess.db_id, target.id);
+                    self.sess.db_id = id;
+                    let r = self.exec_proc(name, args, inproc);
+                    self.sess.db_id = saved;
+                    r
+                }
+            },
             StmtKind::BeginTran => {
                 self.begin_tran();
                 self.done(inproc);
@@ -896,9 +910,20 @@ impl<'a> Exec<'a> {
         let text = |i: usize| vals.get(i).and_then(|v| v.1.as_text()).unwrap_or_default();
         match lname.as_str() {
             "sp_executesql" => {
-                let stmt = text(0);
-                let decls = text(1);
-                let rest: Vec<(Option<String>, Value)> = vals.iter().skip(2).cloned().collect();
+                // @stmt and @params may be passed by name; the rest are the parameters.
+                let named = |n: &str| {
+                    vals.iter()
+                        .position(|v| v.0.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(n)))
+                };
+                let (si, pi) = (named("@stmt").unwrap_or(0), named("@params").unwrap_or(1));
+                let stmt = text(si);
+                let decls = text(pi);
+                let rest: Vec<(Option<String>, Value)> = vals
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != si && *i != pi)
+                    .map(|(_, v)| v.clone())
+                    .collect();
                 self.nested(|me| me.run_executesql(&stmt, &decls, rest))?;
                 if !inproc {
                     self.done(false);

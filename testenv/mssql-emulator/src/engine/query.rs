@@ -448,7 +448,7 @@ impl Exec<'_> {
             Expr::Cast(_, t) => (type_of(t), true),
             Expr::Call(n, _) => match n.as_str() {
                 "COUNT" => (SqlType::Int, true),
-                "SERVERPROPERTY" | "LOGINPROPERTY" => (SqlType::Variant, true),
+                "SERVERPROPERTY" | "LOGINPROPERTY" | "DATABASEPROPERTYEX" => (SqlType::Variant, true),
                 "DB_NAME" | "SUSER_SNAME" | "SUSER_NAME" | "USER_NAME" | "SCHEMA_NAME" | "ORIGINAL_LOGIN"
                 | "SYSTEM_USER" | "CURRENT_USER" | "SESSION_USER" | "USER" => (sysname(), true),
                 "QUOTENAME" => (SqlType::NVarChar(258), true),
@@ -1115,7 +1115,8 @@ impl Exec<'_> {
                 int(member as i64)
             }
             "HAS_PERMS_BY_NAME" => {
-                let class = text(1).unwrap_or_default().to_ascii_uppercase();
+                // A NULL class means the server.
+                let class = text(1).unwrap_or_else(|| "SERVER".into()).to_ascii_uppercase();
                 let perm = text(2).unwrap_or_default();
                 let Some((code, server)) = permission_code(&perm) else {
                     return Ok(Value::Null);
@@ -1287,6 +1288,25 @@ impl Exec<'_> {
                 )));
             }
             "OBJECT_ID" => Value::Null,
+            "DATABASEPROPERTYEX" => {
+                let Some(d) = text(0).and_then(|n| self.cat.db(&n).cloned()) else {
+                    return Ok(Value::Null);
+                };
+                let p = text(1).unwrap_or_default().to_ascii_lowercase();
+                Value::Variant(Box::new(match p.as_str() {
+                    "status" => s("ONLINE"),
+                    "collation" => s(&d.collation),
+                    "recovery" => s(["", "FULL", "BULK_LOGGED", "SIMPLE"][d.recovery as usize % 4]),
+                    "useraccess" => {
+                        s(["MULTI_USER", "SINGLE_USER", "RESTRICTED_USER"][d.user_access as usize % 3])
+                    }
+                    "updateability" => s("READ_WRITE"),
+                    "version" => int(957),
+                    "edition" => s(&self.ident.edition),
+                    "isautoclose" | "isautoshrink" => int(0),
+                    _ => Value::Null,
+                }))
+            }
             _ => return Err(Fail::from(SqlError::new(195, &[name, "built-in function name"]))),
         })
     }

@@ -213,7 +213,8 @@ pub enum StmtKind {
     If(Expr, Box<Stmt>, Option<Box<Stmt>>),
     Block(Vec<Stmt>),
     ExecDynamic(Expr),
-    ExecProc(String, Vec<(Option<String>, Expr)>),
+    /// `EXEC [db.][schema.]proc args`: database qualifier, procedure name, arguments.
+    ExecProc(Option<String>, String, Vec<(Option<String>, Expr)>),
     BeginTran,
     Commit,
     Rollback,

@@ -512,10 +512,18 @@ impl Parser {
             }
             return Ok(StmtKind::ExecDynamic(e));
         }
-        let mut name = self.ident_or_kw()?;
+        let mut parts = vec![self.ident_or_kw()?];
         while self.eat_sym(".") {
-            name = self.ident_or_kw()?;
+            parts.push(self.ident_or_kw()?);
         }
+        // `db.schema.proc` runs the procedure in database `db` (providers use
+        // `EXEC [db].sys.sp_executesql …` to run DDL in another database).
+        let name = parts.pop().unwrap_or_default();
+        let db = if parts.len() == 2 {
+            parts.first().cloned()
+        } else {
+            None
+        };
         let mut args = Vec::new();
         if !self.at_stmt_end() {
             loop {
@@ -540,7 +548,7 @@ impl Parser {
                 }
             }
         }
-        Ok(StmtKind::ExecProc(name, args))
+        Ok(StmtKind::ExecProc(db, name, args))
     }
 
     fn create(&mut self) -> Result<StmtKind, SqlError> {
