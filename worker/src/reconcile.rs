@@ -443,6 +443,9 @@ impl Reconciler {
             note: plan.note.clone(),
             ..Outcome::default()
         };
+        if matches!(item.desired, Desired::Database(_)) && !plan.statements.is_empty() {
+            self.pool.release(&item.external_name).await;
+        }
         for statement in &plan.statements {
             if !self.leader.is_leader() {
                 outcome.error =

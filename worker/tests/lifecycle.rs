@@ -413,6 +413,37 @@ fn find_hash(v: &serde_json::Value, user: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// Dropping a database the worker itself has a cached connection to (from observing its
+/// users) works without terminateSessionsOnDelete: the worker lets go of its own session.
+#[tokio::test]
+async fn dropping_a_database_releases_our_own_connection() {
+    let h = Harness::start().await;
+    let db = h.n("busy_db");
+    let mut db_item = h.item(
+        &db,
+        json!({"kind": "Database", "spec": {"terminateSessionsOnDelete": false}}),
+        ALL,
+        Apply,
+    );
+    assert_eq!(h.run(&mut db_item).await.error, None);
+    let mut user = h.item(
+        "u1",
+        json!({"kind": "User", "spec": {"database": db, "kind": {"type": "WithoutLogin"}, "roles": []}}),
+        ALL,
+        Apply,
+    );
+    assert_eq!(
+        h.run(&mut user).await.error,
+        None,
+        "the pool now holds a connection in {db}"
+    );
+    db_item.operation = Delete;
+    let out = h.run(&mut db_item).await;
+    assert_eq!(out.error, None);
+    assert!(out.deleted);
+    h.stop().await;
+}
+
 /// Schema: created through EXEC (first statement of its batch), owner drift, delete.
 #[tokio::test]
 async fn schema_lifecycle() {

@@ -109,6 +109,18 @@ impl SqlPool {
         slots.entry(key).or_default().clone()
     }
 
+    /// Closes the cached connection to `database`, if any. Our own session in a database
+    /// counts as "in use" for `DROP DATABASE` (3702) and blocks `ALTER DATABASE … COLLATE`,
+    /// so the reconciler lets go of it before changing the database itself.
+    pub async fn release(&self, database: &SqlName) {
+        let slot = self.slot(Some(database));
+        let mut guard = slot.lock().await;
+        if let Some(conn) = guard.take() {
+            self.metrics.open_connections.dec();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
+        }
+    }
+
     /// Runs a read (observe) batch with parameters; returns every result set. Retried once
     /// on a fresh connection when the cached one turns out broken or the login is refused.
     pub async fn query(
