@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod env;
+mod events;
 mod images;
 mod node;
 mod pod;

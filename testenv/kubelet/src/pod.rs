@@ -3,7 +3,7 @@
 //! applies `restartPolicy` with back-off, writes Pod status, and on deletion stops the processes
 //! gracefully and removes the Pod with a UID precondition.
 
-use crate::{Ctx, env, images, probe, volumes};
+use crate::{Ctx, env, events, images, probe, volumes};
 use anyhow::{Context, Result};
 use k8s_openapi::{
     api::core::v1::{
@@ -294,6 +294,7 @@ impl Worker {
     async fn step_ctr(&mut self, pod: &Pod, main: bool, i: usize, policy: &str) {
         let backoff = self.ctx.backoff;
         let dir = self.dir.clone();
+        let ctx = self.ctx.clone();
         let c = self.ctr(main, i);
         if let Some(child) = c.child.as_mut() {
             let exited = match child.try_wait() {
@@ -349,6 +350,7 @@ impl Worker {
                             delay.as_secs(),
                             c.spec.name
                         );
+                        events::record(&ctx, pod, &c.spec.name, true, "BackOff", msg.clone());
                         ("CrashLoopBackOff".to_string(), msg)
                     });
                 } else {
@@ -385,7 +387,10 @@ impl Worker {
         let log_name = format!("{}_{}_{}.log", self.ns, self.name, cname);
         let c = self.ctr(main, i);
         match launch(&ctx, pod, c, base, &dir, &log_name).await {
-            Ok(()) => {}
+            Ok(()) => {
+                let msg = format!("Started container {} (pid {})", c.spec.name, c.pid.unwrap_or(0));
+                events::record(&ctx, pod, &c.spec.name, false, "Started", msg);
+            }
             Err(e) => {
                 let msg = format!("{e:#}");
                 tracing::warn!(container = %c.spec.name, error = %msg, "cannot start container");
@@ -394,6 +399,10 @@ impl Worker {
                 } else {
                     "CreateContainerConfigError"
                 };
+                // Retries come every 2 s: record the failure once per distinct message.
+                if c.waiting.as_ref().map(|(_, m)| m) != Some(&msg) {
+                    events::record(&ctx, pod, &c.spec.name, true, "Failed", format!("Error: {msg}"));
+                }
                 c.waiting = Some((reason.into(), msg));
                 c.next_start = Instant::now() + Duration::from_secs(2);
             }
@@ -410,6 +419,7 @@ impl Worker {
                 .unwrap_or(30)
                 .max(0) as u64,
         );
+        let ctx = self.ctx.clone();
         let c = &mut self.main[i];
         if !c.running() {
             return;
@@ -438,6 +448,19 @@ impl Worker {
                     && let Some(pid) = c.pid
                 {
                     tracing::info!(container = %c.spec.name, "startup probe failed: restarting");
+                    let msg = format!(
+                        "Container {} failed startup probe, will be restarted",
+                        c.spec.name
+                    );
+                    events::record(
+                        &ctx,
+                        pod,
+                        &c.spec.name,
+                        true,
+                        "Unhealthy",
+                        "Startup probe failed".into(),
+                    );
+                    events::record(&ctx, pod, &c.spec.name, false, "Killing", msg);
                     signal_group(pid, "TERM").await;
                     c.kill_at = Some(Instant::now() + grace);
                 }
@@ -481,6 +504,19 @@ impl Worker {
                     && let Some(pid) = c.pid
                 {
                     tracing::info!(container = %c.spec.name, "liveness probe failed: restarting");
+                    let msg = format!(
+                        "Container {} failed liveness probe, will be restarted",
+                        c.spec.name
+                    );
+                    events::record(
+                        &ctx,
+                        pod,
+                        &c.spec.name,
+                        true,
+                        "Unhealthy",
+                        "Liveness probe failed".into(),
+                    );
+                    events::record(&ctx, pod, &c.spec.name, false, "Killing", msg);
                     signal_group(pid, "TERM").await;
                     c.kill_at = Some(Instant::now() + grace);
                 }
@@ -767,7 +803,7 @@ async fn launch(
     let pid = child.id().context("spawned process has no pid")?;
     // Recorded so `testenv down` can reap a process whose kubelet died without stopping it.
     std::fs::write(dir.join(format!("{}.pid", c.spec.name)), pid.to_string())?;
-    tracing::info!(container = %c.spec.name, pid, program = %program.display(), "container started");
+    tracing::info!(container = %c.spec.name, init = c.init, pid, program = %program.display(), "container started");
     c.child = Some(child);
     c.pid = Some(pid);
     c.binary = binary.display().to_string();
@@ -792,6 +828,5 @@ async fn launch(
     c.next_startup_probe = Instant::now() + delay(&c.spec.startup_probe);
     c.env = vars;
     c.cwd = cwd;
-    let _ = c.init;
     Ok(())
 }

@@ -598,7 +598,7 @@ pub fn status(dir: &Path) -> Result<()> {
     for c in &state.components {
         let ok = alive(c.pid, &c.binary);
         println!(
-            "  {:<24} pid {:<8} {}   log {}/logs/{}.log",
+            "  {:<24} pid {:<8} {:<8} log {}/logs/{}.log",
             c.name,
             c.pid,
             if ok { "running" } else { "DEAD" },
