@@ -9,13 +9,13 @@
 //! block is generated from the pinned release's own go.mod (every `k8s.io/<m> v0.0.0`
 //! requirement → `k8s.io/<m> v0.<minor>.<patch>`), never edited by hand.
 
-use crate::util::{self, cache_dir, workspace_root};
+use crate::util::{cache_dir, workspace_root};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 /// Where each tool binary lives once built.
@@ -86,6 +86,39 @@ fn nice_go(dir: &Path) -> Result<Command> {
     Ok(cmd)
 }
 
+/// Bound for one tools module's build: the cold k8s build takes about 11 minutes on two shared
+/// cores; four times that means something is stuck, not slow.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(45 * 60);
+/// Bound for `go mod tidy` (module downloads included).
+const TIDY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// Like `util::run` (banner, inherited output, duration), but stops the command after `limit`.
+fn run_bounded(step: &str, cmd: &mut Command, limit: Duration) -> Result<()> {
+    eprintln!("==> {step}");
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("{step}: cannot start {cmd:?} (is Go installed?)"))?;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!(
+                    "{step}: {cmd:?} failed ({status}) after {:.0?}",
+                    started.elapsed()
+                );
+            }
+            eprintln!("    {step}: ok in {:.1?}", started.elapsed());
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{step}: stopped after {limit:?} without finishing");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
@@ -150,7 +183,11 @@ fn sync_k8s_module() -> Result<(String, String)> {
         eprintln!("    regenerating the staging replace block for {K8S_MODULE} {version}");
         let new = format!("{}{}{}", &text[..start], block, &text[end..]);
         std::fs::write(&path, new)?;
-        util::run("go mod tidy (tools/k8s)", go(&dir)?.args(["mod", "tidy"]))?;
+        run_bounded(
+            "go mod tidy (tools/k8s)",
+            go(&dir)?.args(["mod", "tidy"]),
+            TIDY_TIMEOUT,
+        )?;
     }
     Ok((version, time))
 }
@@ -196,7 +233,7 @@ fn build(name: &str, out: &Path, ldflags: &str, packages: &[&str], expect: &[&st
         cmd.arg(format!("{}/", out.display()));
     }
     cmd.args(packages);
-    util::run(&format!("go build ({name})"), &mut cmd)?;
+    run_bounded(&format!("go build ({name})"), &mut cmd, BUILD_TIMEOUT)?;
     for b in expect {
         if !out.join(b).is_file() {
             bail!(
