@@ -283,6 +283,17 @@ fn process_start(pid: u32) -> Option<std::time::SystemTime> {
     Some(std::time::UNIX_EPOCH + Duration::from_secs(btime) + Duration::from_millis(ticks * 10))
 }
 
+/// True when process `pid` started no later than `file` was written (the kubelet writes a pid
+/// file right after the spawn): a PID recycled by an unrelated, later process fails this.
+fn started_before(pid: u32, file: &Path) -> bool {
+    let written = std::fs::metadata(file).and_then(|m| m.modified()).ok();
+    match (process_start(pid), written) {
+        // Start times have a 10 ms resolution; allow one tick.
+        (Some(start), Some(written)) => start <= written + Duration::from_millis(10),
+        _ => false,
+    }
+}
+
 /// When the kubelet binary was rebuilt after the running kubelet started, restarts the kubelet
 /// alone (its pods' processes restart with it), so `up` after a code change runs the new code.
 fn restart_stale_kubelet(dir: &Path) -> Result<()> {
@@ -566,6 +577,7 @@ pub fn down(dir: &Path) -> Result<()> {
                         .ok()
                         .and_then(|s| s.trim().parse::<u32>().ok())
                     && Path::new(&format!("/proc/{pid}")).exists()
+                    && started_before(pid, &f.path())
                 {
                     // The kubelet starts each container as its own process group leader.
                     let _ = Command::new("kill")
