@@ -127,7 +127,13 @@ pub fn status_document(input: &StatusInput<'_>) -> Value {
         }
         status["lastError"] = e;
     } else if let Some(note) = &o.note {
-        status["lastError"] = json!({"reason": "CannotUpdateInPlace", "message": note});
+        // Not a failure of this attempt, but something the user must act on.
+        let reason = if o.action == Some(crate::kinds::Action::Missing) {
+            "NotFound"
+        } else {
+            "CannotUpdateInPlace"
+        };
+        status["lastError"] = json!({"reason": reason, "message": note});
     }
     json!({
         "apiVersion": format!("{QUEUE_GROUP}/{VERSION}"),

@@ -159,6 +159,13 @@ impl Scheduler {
         }
     }
 
+    /// Keeps only the WorkItems for which `live` is true (after a re-list).
+    pub fn retain(&mut self, mut live: impl FnMut(&str) -> bool) {
+        // A running entry stays until its task completes, so its object stays locked; the
+        // watch's Delete event (or the next re-list) removes it afterwards.
+        self.entries.retain(|k, e| e.running || live(k));
+    }
+
     /// Forgets a deleted WorkItem.
     pub fn remove(&mut self, key: &str) {
         self.entries.remove(key);
@@ -376,6 +383,19 @@ mod tests {
         // Our own status write comes back through the watch: not a change.
         s.upsert(seen("x", "a", 1, Some(1)), t);
         assert_eq!(s.next_changed(t + POLL), None);
+    }
+
+    #[test]
+    fn a_relist_forgets_deleted_items_but_not_running_ones() {
+        let t = Instant::now();
+        let mut s = Scheduler::new(POLL, BACKOFF);
+        s.upsert(seen("busy", "b", 1, None), t);
+        s.upsert(seen("gone", "a", 1, None), t);
+        s.upsert(seen("kept", "c", 1, None), t);
+        assert_eq!(s.next_changed(t).as_deref(), Some("busy"));
+        s.retain(|k| k == "kept");
+        assert_eq!(s.len(), 2, "busy stays until it completes");
+        assert_eq!(s.next_changed(t).as_deref(), Some("kept"));
     }
 
     #[test]

@@ -157,13 +157,7 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
                         // A re-list may have dropped items deleted while disconnected.
                         let live: std::collections::HashSet<String> =
                             store.state().iter().map(|w| w.name_any()).collect();
-                        let mut fresh = Scheduler::new(config.poll_interval, Backoff { base: Duration::from_secs(1), max: Duration::from_secs(300) });
-                        if scheduler.len() != live.len() {
-                            for wi in store.state() {
-                                fresh.upsert(k8s::seen(&wi, config.poll_interval), Instant::now());
-                            }
-                            scheduler = fresh;
-                        }
+                        scheduler.retain(|k| live.contains(k));
                         health.synced.store(true, Ordering::Relaxed);
                     }
                     Err(e) => tracing::warn!(error = %e, "WorkItem watch error (retrying)"),
