@@ -62,6 +62,9 @@ struct Done {
     outcome: Outcome,
 }
 
+/// `lastError.reason` of a WorkItem the worker cannot use as written.
+const INVALID_REQUEST: &str = "InvalidRequest";
+
 /// Lease timings: a standby takes over within 15 s of a holder that stopped renewing.
 const LEASE_SECONDS: u64 = 15;
 const LEASE_GRACE_SECONDS: u64 = 5;
@@ -181,7 +184,8 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
             Some(done) = done_rx.recv() => {
                 let now = Instant::now();
                 let lost = done.outcome.lost_lease();
-                let success = done.outcome.error.is_none();
+                // An invalid WorkItem stays invalid until its spec changes: no retry loop.
+                let success = done.outcome.error.as_ref().is_none_or(|e| e.reason == INVALID_REQUEST);
                 let attempts = scheduler.complete(&done.key, done.generation, success, now);
                 if lost {
                     break Err(RunError::LostLease);
@@ -297,7 +301,7 @@ fn spawn_batch(
                         // Invalid until the spec changes: reported, not retried.
                         outcome: Outcome {
                             error: Some(ItemError {
-                                reason: "InvalidRequest".into(),
+                                reason: INVALID_REQUEST.into(),
                                 number: None,
                                 message,
                             }),
