@@ -16,8 +16,11 @@ use worker::{
     reconcile::{Outcome, SecretSource},
 };
 
+/// (method, URI, content type, body) of one request.
+type Call = (String, String, String, String);
+
 #[derive(Clone, Default)]
-struct Recorded(Arc<Mutex<Vec<(String, String, String, String)>>>);
+struct Recorded(Arc<Mutex<Vec<Call>>>);
 
 async fn handler(
     State(rec): State<Recorded>,
