@@ -147,10 +147,13 @@ struct Worker {
 #[tokio::main]
 async fn main() -> Result<()> {
     // An empty RUST_LOG (cargo leaves one behind) would silence everything: treat it as unset.
+    // Directives match target prefixes, so `kube=…` would also catch this crate (`kubelet`).
     let filter = std::env::var("RUST_LOG").ok().filter(|f| !f.trim().is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
-            filter.as_deref().unwrap_or("info,kube=warn"),
+            filter
+                .as_deref()
+                .unwrap_or("info,kube_client=warn,kube_runtime=warn"),
         ))
         .with_ansi(false)
         .init();
