@@ -659,11 +659,13 @@ async fn request_loop(shared: &Arc<Shared>, wire: &mut Wire, sess: &mut Session)
             ptype::BATCH => {
                 shared.count(|c| c.batches += 1);
                 let text = tds::utf16_to_string(&payload[r.pos..]);
+                tracing::debug!(spid = sess.spid, sql = %text.chars().take(500).collect::<String>(), "batch");
                 (run_sql(shared, sess, |x| x.run_batch(&text), Some(&text)), false)
             }
             ptype::RPC => {
                 shared.count(|c| c.rpcs += 1);
                 let req = tds::parse_rpc(&mut r)?;
+                tracing::debug!(spid = sess.spid, proc = ?req.proc, params = req.params.len(), "rpc");
                 (run_rpc(shared, sess, req), true)
             }
             _ => {
@@ -671,6 +673,19 @@ async fn request_loop(shared: &Arc<Shared>, wire: &mut Wire, sess: &mut Session)
                 (run_tm(shared, sess, &mut r)?, false)
             }
         };
+        for o in &out {
+            if let Out::Msg(e, line) = o {
+                tracing::debug!(
+                    spid = sess.spid,
+                    number = e.number,
+                    level = e.level,
+                    state = e.state,
+                    line,
+                    "{}",
+                    e.message
+                );
+            }
+        }
         send_response(shared, wire, prefix, out, rpc).await?;
     }
 }

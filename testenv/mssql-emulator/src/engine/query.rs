@@ -1191,20 +1191,7 @@ impl Exec<'_> {
                 _ => Value::Null,
             },
             "REPLACE" => match (text(0), text(1), text(2)) {
-                (Some(a), Some(b), Some(c)) if !b.is_empty() => {
-                    // Case-insensitive under the default collation.
-                    let lower = a.to_lowercase();
-                    let pat = b.to_lowercase();
-                    let mut out = String::new();
-                    let mut i = 0;
-                    while let Some(pos) = lower[i..].find(&pat) {
-                        out.push_str(&a[i..i + pos]);
-                        out.push_str(&c);
-                        i += pos + pat.len();
-                    }
-                    out.push_str(&a[i..]);
-                    s(&out)
-                }
+                (Some(a), Some(b), Some(c)) if !b.is_empty() => s(&replace_ci(&a, &b, &c)),
                 (Some(a), Some(_), Some(_)) => s(&a),
                 _ => Value::Null,
             },
@@ -1349,6 +1336,26 @@ impl Exec<'_> {
     }
 }
 
+/// Case-insensitive REPLACE under the default collation, by characters (lower-casing can
+/// change byte lengths, so byte offsets of the lowered text do not index the original).
+fn replace_ci(text: &str, pat: &str, with: &str) -> String {
+    let fold = |c: &char| c.to_lowercase().collect::<String>();
+    let t: Vec<char> = text.chars().collect();
+    let p: Vec<String> = pat.chars().map(|c| fold(&c)).collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < t.len() {
+        if i + p.len() <= t.len() && t[i..i + p.len()].iter().map(fold).eq(p.iter().cloned()) {
+            out.push_str(with);
+            i += p.len();
+        } else {
+            out.push(t[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 fn infer(v: Option<&Value>) -> (SqlType, bool) {
     match v {
         Some(x) if !x.is_null() => (
@@ -1440,6 +1447,13 @@ impl Env<'_> {
 #[cfg(test)]
 mod tests {
     use super::like;
+
+    #[test]
+    fn replace_is_case_insensitive_and_safe_on_non_ascii() {
+        // 'İ' lower-cases to two characters: byte offsets of the lowered text would not fit.
+        assert_eq!(super::replace_ci("İxAbcab", "AB", "-"), "İx-c-");
+        assert_eq!(super::replace_ci("aaa", "a", "bb"), "bbbbbb");
+    }
 
     #[test]
     fn like_handles_wildcards_and_sets_case_insensitively() {
