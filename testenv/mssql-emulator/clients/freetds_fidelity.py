@@ -140,6 +140,15 @@ def c54_role_errors():
 
 
 @case
+def error_lines_count_from_the_batch_start():
+    # B0.1: the line of a runtime error is its statement's; a compile error's is where it is.
+    _, err = tsql(["SELECT 1 AS a\nSELECT 2 AS b\nDROP DATABASE [" + n("nope") + "]",
+                   "SELECT 1 AS a\n\nSELECT FROM WHERE"])
+    lines = re.findall(r"Msg (\d+) \(severity \d+, state \d+\) from \S+ Line (\d+)", err)
+    assert lines == [("3701", "3"), ("156", "3")], err
+
+
+@case
 def c63_quotename():
     out, _ = tsql(["SELECT QUOTENAME(N'a]b') AS a, QUOTENAME(N'it''s','''') AS b"])
     assert rows(out) == [["a", "b"], ["[a]]b]", "'it''s'"]], out

@@ -5,7 +5,7 @@
 use crate::catalog::*;
 use crate::errors::SqlError;
 use crate::sql::ast::*;
-use crate::sql::parser::{parse_batch, parse_param_decls};
+use crate::sql::parser::{parse_batch_at, parse_param_decls};
 use crate::value::{Column, SqlType, Value, ci_cmp, compare};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -362,10 +362,10 @@ impl<'a> Exec<'a> {
     /// Parses and runs `sql` in a new variable scope when nested. Ok(false) when a statement
     /// failed; Err(Abort) when the batch must end (XACT_ABORT, THROW).
     fn run_text(&mut self, sql: &str, vars: Option<Vars>, inproc: bool) -> R<bool> {
-        let stmts = match parse_batch(sql) {
+        let stmts = match parse_batch_at(sql) {
             Ok(s) => s,
-            Err(err) => {
-                self.emit_error(err, 1, inproc);
+            Err((err, line)) => {
+                self.emit_error(err, line, inproc);
                 return Ok(false);
             }
         };

@@ -11,7 +11,12 @@ const MAX_DEPTH: usize = 64;
 
 /// Parses a batch into statements. Compile checks that span statements (111) happen here too.
 pub fn parse_batch(src: &str) -> Result<Vec<Stmt>, SqlError> {
-    let toks = lex(src)?;
+    parse_batch_at(src).map_err(|(e, _)| e)
+}
+
+/// Like [`parse_batch`], with the 1-based line of the error (for the ERROR token's line).
+pub fn parse_batch_at(src: &str) -> Result<Vec<Stmt>, (SqlError, u32)> {
+    let toks = lex(src).map_err(|e| (e, 1))?;
     let mut p = Parser {
         toks,
         pos: 0,
@@ -22,11 +27,12 @@ pub fn parse_batch(src: &str) -> Result<Vec<Stmt>, SqlError> {
         if p.eat_sym(";") {
             continue;
         }
-        let stmt = p.statement()?;
+        let line = p.line();
+        let stmt = p.statement().map_err(|e| (e, p.line()))?;
         if let StmtKind::CreateSchema { .. } = stmt.kind
             && !out.is_empty()
         {
-            return Err(SqlError::new(111, &["CREATE SCHEMA"]));
+            return Err((SqlError::new(111, &["CREATE SCHEMA"]), line));
         }
         out.push(stmt);
     }
