@@ -177,6 +177,10 @@ async fn reconcile_inner<K: ConfigKindExt>(obj: &K, ctx: &Ctx) -> Result<Action,
             .await;
             return Ok(Action::requeue(RESYNC));
         }
+        ctx.metrics.worker_state(
+            &format!("{}/{}", kind_name(K::KIND), workers::worker_name(&identity)),
+            None,
+        );
         let finalizers: Vec<&String> = obj
             .finalizers()
             .iter()
@@ -327,6 +331,10 @@ async fn reconcile_inner<K: ConfigKindExt>(obj: &K, ctx: &Ctx) -> Result<Action,
         .max()
         .unwrap_or(0);
 
+    ctx.metrics.worker_state(
+        &format!("{}/{}", kind_name(K::KIND), objects.name),
+        Some(worker_ready.reason),
+    );
     let ready = Cond {
         status: "True",
         reason: reason::AVAILABLE,

@@ -2,10 +2,10 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use std::time::Duration;
+use std::{collections::BTreeMap, sync::Mutex, time::Duration};
 
 /// Labels: the kind reconciled.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,6 +23,13 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// Labels: a worker state (the reason of a config's WorkerReady condition).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// LeaseHeld, LeaseNotHeld, LeaseExpired, DeploymentUnavailable, …
+    pub state: String,
+}
+
 /// The provider's metrics.
 pub struct Metrics {
     /// Registry served at `/metrics`.
@@ -30,6 +37,9 @@ pub struct Metrics {
     reconciles: Family<KindLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     latency: Family<KindLabels, Histogram>,
+    workers: Family<StateLabels, Gauge>,
+    /// Last known state per config, so the gauges count each worker once.
+    worker_states: Mutex<BTreeMap<String, String>>,
 }
 
 impl Default for Metrics {
@@ -51,11 +61,19 @@ impl Default for Metrics {
             "Reconcile latency by kind",
             latency.clone(),
         );
+        let workers = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "workers",
+            "Workers by state (reason of WorkerReady)",
+            workers.clone(),
+        );
         Self {
             registry,
             reconciles,
             errors,
             latency,
+            workers,
+            worker_states: Mutex::default(),
         }
     }
 }
@@ -78,10 +96,50 @@ impl Metrics {
         }
     }
 
+    /// Records the state of one config's worker (`None` once the config is gone).
+    pub fn worker_state(&self, config: &str, state: Option<&str>) {
+        let mut states = self.worker_states.lock().unwrap_or_else(|e| e.into_inner());
+        match state {
+            Some(state) => states.insert(config.to_owned(), state.to_owned()),
+            None => states.remove(config),
+        };
+        self.workers.clear();
+        for state in states.values() {
+            self.workers
+                .get_or_create(&StateLabels { state: state.clone() })
+                .inc();
+        }
+    }
+
     /// OpenMetrics text.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_are_counted_once_per_config() {
+        let m = Metrics::default();
+        m.worker_state("pc/a", Some("LeaseHeld"));
+        m.worker_state("pc/b", Some("LeaseHeld"));
+        m.worker_state("pc/a", Some("LeaseExpired"));
+        m.worker_state("pc/c", Some("DeploymentUnavailable"));
+        m.worker_state("pc/c", None);
+        let text = m.encode();
+        assert!(
+            text.contains("sqlserver_provider_workers{state=\"LeaseHeld\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sqlserver_provider_workers{state=\"LeaseExpired\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("DeploymentUnavailable"), "{text}");
     }
 }
