@@ -1,8 +1,9 @@
 //! The worker binary end to end, without a real apiserver (the local control plane is
 //! being built elsewhere): a loopback stand-in serves the Lease, the WorkItem list/watch, a
-//! password Secret and the status subresource; the emulator serves TDS. The worker takes
-//! the Lease, creates the login from its WorkItem, writes the status with server-side
-//! apply, and exits with code 3 when another identity takes the Lease.
+//! password Secret and the status subresource; the emulator serves TDS. While another
+//! replica renews the Lease the worker stands by and touches no SQL; once that replica stops
+//! renewing it takes the Lease, creates the login from its WorkItem, writes the status with
+//! server-side apply, and exits with code 3 when another identity takes the Lease again.
 
 use axum::{
     Router,
@@ -173,6 +174,32 @@ async fn worker_binary_reconciles_a_work_item_and_exits_when_the_lease_is_taken(
     )
     .expect("kubeconfig");
 
+    // Another replica holds the Lease and keeps renewing it (every second, 10 s duration).
+    let renew = |w: &mut World| {
+        w.lease = Some(json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "w1", "namespace": "w", "resourceVersion": "1"},
+            "spec": {"holderIdentity": "w1-other", "leaseDurationSeconds": 10,
+                     "acquireTime": k8s_openapi::jiff::Timestamp::now().to_string(),
+                     "renewTime": k8s_openapi::jiff::Timestamp::now().to_string()}
+        }));
+    };
+    renew(&mut world.lock().unwrap());
+    let renewing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let renewer = {
+        let (world, renewing) = (world.clone(), renewing.clone());
+        tokio::spawn(async move {
+            while renewing.load(std::sync::atomic::Ordering::SeqCst) {
+                renew(&mut world.lock().unwrap());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    let health_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr").port()
+    };
+
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker"))
         .env_clear()
         .env("KUBECONFIG", &kubeconfig)
@@ -180,7 +207,7 @@ async fn worker_binary_reconciles_a_work_item_and_exits_when_the_lease_is_taken(
         .env("POD_NAMESPACE", "w")
         .env("POD_NAME", "w1-0")
         .env("POD_IP", "127.0.0.1")
-        .env("HEALTH_PORT", "0")
+        .env("HEALTH_PORT", health_port.to_string())
         .env("SQL_HOST", emu.addr().ip().to_string())
         .env("SQL_PORT", emu.addr().port().to_string())
         .env("TLS_MODE", "Optional")
@@ -195,6 +222,35 @@ async fn worker_binary_reconciles_a_work_item_and_exits_when_the_lease_is_taken(
         .kill_on_drop(true)
         .spawn()
         .expect("spawn worker");
+
+    // Standby: ready once the WorkItems are listed, and no SQL connection at all.
+    let mut ready = false;
+    for _ in 0..300 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", health_port)).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut answer = String::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut answer)).await;
+            if answer.starts_with("HTTP/1.1 200") {
+                ready = true;
+                break;
+            }
+        }
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the worker exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the standby became ready");
+    assert_eq!(emu.counters().connections_opened, 0, "a standby touches no SQL");
+    assert!(world.lock().unwrap().statuses.is_empty(), "nor any status");
+
+    // The other replica stops renewing: the worker takes over when its Lease expires.
+    renewing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let _ = renewer.await;
 
     // Bounded wait for the first status that reports the login.
     let mut written = None;
