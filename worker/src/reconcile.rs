@@ -306,6 +306,7 @@ impl Reconciler {
                 statements: vec![],
                 drift: vec![],
                 note: None,
+                undo: vec![],
             }),
         }
     }
@@ -466,6 +467,14 @@ impl Reconciler {
                 }
                 Err(e) => {
                     tracing::warn!(item = %item.key, kind = item.kind(), error = %e, "statement failed");
+                    if !outcome.executed.is_empty() {
+                        for undo in &plan.undo {
+                            tracing::info!(item = %item.key, statement = %undo, "undoing a partial plan");
+                            if let Err(u) = self.pool.execute(undo).await {
+                                tracing::warn!(item = %item.key, error = %u, "undo failed");
+                            }
+                        }
+                    }
                     outcome.error = Some(e.into());
                     // Still report what exists (observe once more below).
                     outcome.executed.push("failed");

@@ -444,6 +444,46 @@ async fn dropping_a_database_releases_our_own_connection() {
     h.stop().await;
 }
 
+/// A DROP that fails after SINGLE_USER puts the database back to MULTI_USER.
+#[tokio::test]
+async fn failed_terminating_drop_restores_multi_user() {
+    let h = Harness::start().await;
+    let Some(emu) = &h.emu else {
+        h.stop().await;
+        return;
+    };
+    let mut item = h.item(
+        "stuck_db",
+        json!({"kind": "Database", "spec": {"terminateSessionsOnDelete": true}}),
+        ALL,
+        Apply,
+    );
+    assert_eq!(h.run(&mut item).await.error, None);
+    emu.set_faults(mssql_emulator::FaultRequest {
+        fail_next: Some(mssql_emulator::FailRule {
+            pattern: "DROP DATABASE".into(),
+            error: 3702,
+            message: None,
+        }),
+        ..Default::default()
+    });
+    item.operation = Delete;
+    let out = h.run(&mut item).await;
+    assert_eq!(out.error.map(|e| e.number), Some(Some(3702)));
+    let catalog = emu.catalog_json();
+    let db = catalog["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "stuck_db")
+        .cloned()
+        .unwrap();
+    assert_eq!(db["user_access"], 0, "MULTI_USER again: {db}");
+    let gone = h.run(&mut item).await;
+    assert!(gone.deleted, "the retry drops it");
+    h.stop().await;
+}
+
 /// Schema: created through EXEC (first statement of its batch), owner drift, delete.
 #[tokio::test]
 async fn schema_lifecycle() {

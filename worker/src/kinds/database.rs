@@ -131,7 +131,7 @@ pub fn plan(
             format!("ALTER AUTHORIZATION ON DATABASE::{n} TO {}", ident(o)?),
         ))
     };
-    decide(
+    let mut plan = decide(
         policies,
         operation,
         observed.is_some(),
@@ -209,7 +209,12 @@ pub fn plan(
             out.push(st("DROP DATABASE", format!("DROP DATABASE {n}")));
             Ok(out)
         },
-    )
+    )?;
+    if plan.statements.len() > 1 && plan.statements[0].sql.contains("SINGLE_USER") {
+        // A database left in SINGLE_USER after a failed DROP would lock everyone else out.
+        plan.undo = vec![st("ALTER DATABASE", format!("ALTER DATABASE {n} SET MULTI_USER"))];
+    }
+    Ok(plan)
 }
 
 /// `status.atProvider` of a Database.
@@ -404,6 +409,32 @@ mod tests {
                 "{why}"
             );
         }
+    }
+
+    #[test]
+    fn terminating_delete_can_be_undone() {
+        let name = SqlName::new("app").unwrap();
+        let terminate = db(json!({"terminateSessionsOnDelete": true}));
+        let p = plan(
+            &name,
+            &terminate,
+            Some(&observed()),
+            policies(&["*"]),
+            Operation::Delete,
+        )
+        .unwrap();
+        let undo: Vec<String> = p.undo.iter().map(Statement::redacted).collect();
+        assert_eq!(undo, vec!["ALTER DATABASE [app] SET MULTI_USER"]);
+        let plain = db(json!({"terminateSessionsOnDelete": false}));
+        let p = plan(
+            &name,
+            &plain,
+            Some(&observed()),
+            policies(&["*"]),
+            Operation::Delete,
+        )
+        .unwrap();
+        assert!(p.undo.is_empty(), "nothing to undo for a plain DROP");
     }
 
     #[test]

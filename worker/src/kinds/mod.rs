@@ -83,6 +83,9 @@ pub struct Plan {
     pub drift: Vec<String>,
     /// Something the user should know (e.g. a field SQL Server cannot change in place).
     pub note: Option<String>,
+    /// Best-effort statements that undo a partial plan when a later statement fails (e.g.
+    /// back to MULTI_USER when DROP DATABASE fails after SINGLE_USER).
+    pub undo: Vec<Statement>,
 }
 
 /// Why a plan cannot be made. Not an SQL error: the request itself is unusable as it is.
@@ -142,6 +145,7 @@ pub(crate) fn decide(
         statements,
         drift,
         note,
+        undo: Vec::new(),
     };
     if policies.paused() {
         return Ok(plan(Action::Paused, vec![], vec![], None));
