@@ -228,7 +228,10 @@ type Frame<'r> = (&'r [String], &'r [Column], Option<&'r [Value]>);
 
 #[derive(Clone, Default)]
 struct Env<'r> {
+    /// Sources of the query being evaluated.
     frames: Vec<Frame<'r>>,
+    /// Sources of the enclosing queries (correlated subqueries), innermost first.
+    outer: Vec<Frame<'r>>,
 }
 
 fn sysname() -> SqlType {

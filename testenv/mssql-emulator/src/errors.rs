@@ -53,6 +53,7 @@ pub static MESSAGES: &[MessageDef] = &[
     m(195, 15, 10, "'%.*ls' is not a recognized %S_MSG."),
     m(207, 16, 1, "Invalid column name '%.*ls'."),
     m(208, 16, 1, "Invalid object name '%.*ls'."),
+    m(209, 16, 1, "Ambiguous column name '%.*ls'."),
     u(226, 16, 6, "%ls statement not allowed within multi-statement transaction."),
     m(245, 16, 1, "Conversion failed when converting the %ls value '%.*ls' to data type %ls."),
     m(262, 14, 1, "%ls permission denied in database '%.*ls'."),

@@ -1196,3 +1196,34 @@ async fn contained_user_login() {
         Some(18456)
     );
 }
+
+/// Catalog queries as providers write them: correlated subqueries work, and an unqualified
+/// column that two joined views share is 209 (a query that only the emulator accepted would
+/// break on a real server).
+#[tokio::test]
+async fn correlated_subqueries_and_ambiguous_columns() {
+    let t = target().await;
+    let mut c = t.sa().await;
+    let d = t.n("dcorr");
+    ok(&mut c, &format!("CREATE DATABASE [{d}]; USE [{d}]; CREATE USER U WITHOUT LOGIN; CREATE USER V WITHOUT LOGIN; ALTER ROLE db_datareader ADD MEMBER U")).await;
+    let rows = ok(
+        &mut c,
+        "SELECT p.name FROM sys.database_principals p WHERE p.type = 'S' AND EXISTS (SELECT 1 FROM sys.database_role_members m WHERE m.member_principal_id = p.principal_id) ORDER BY p.name",
+    )
+    .await;
+    let names: Vec<&str> = rows[0].iter().filter_map(|r| r.get::<&str, _>(0)).collect();
+    assert_eq!(names, vec!["dbo", "U"]);
+    let n = int(
+        &mut c,
+        "SELECT (SELECT COUNT(*) FROM sys.database_role_members m WHERE m.member_principal_id = p.principal_id) FROM sys.database_principals p WHERE p.name = 'U'",
+    )
+    .await;
+    assert_eq!(n, Some(1));
+    let e = err(
+        &mut c,
+        "SELECT name FROM sys.database_principals p JOIN sys.schemas s ON s.principal_id = p.principal_id",
+        209,
+    )
+    .await;
+    assert_eq!(e.message(), "Ambiguous column name 'name'.");
+}

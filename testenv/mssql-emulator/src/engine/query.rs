@@ -185,6 +185,12 @@ impl Exec<'_> {
 
     /// Runs a SELECT and returns its columns and rows.
     pub(super) fn run_select(&mut self, sel: &Select) -> R<(Vec<Column>, Vec<Vec<Value>>)> {
+        self.run_select_in(sel, &Env::default())
+    }
+
+    /// Runs a SELECT whose expressions may also refer to the columns of `outer` (a correlated
+    /// subquery).
+    fn run_select_in(&mut self, sel: &Select, outer: &Env<'_>) -> R<(Vec<Column>, Vec<Vec<Value>>)> {
         let mut srcs: Vec<Src> = Vec::new();
         if let Some(t) = &sel.from {
             srcs.push(self.source(t)?);
@@ -212,7 +218,7 @@ impl Exec<'_> {
                         let ok = match &j.on {
                             None => true,
                             Some(on) => {
-                                let env = make_env(&srcs[..ji + 2], &cand);
+                                let env = make_env(&srcs[..ji + 2], &cand, outer);
                                 self.truth(on, &env)? == Some(true)
                             }
                         };
@@ -233,7 +239,7 @@ impl Exec<'_> {
         if let Some(w) = &sel.filter {
             let mut kept = Vec::new();
             for c in combos {
-                let env = make_env(&srcs, &c);
+                let env = make_env(&srcs, &c, outer);
                 if self.truth(w, &env)? == Some(true) {
                     kept.push(c);
                 }
@@ -282,7 +288,7 @@ impl Exec<'_> {
             rows.push((row, vec![]));
         } else {
             for c in &combos {
-                let env = make_env(&srcs, c);
+                let env = make_env(&srcs, c, outer);
                 let mut row = Vec::with_capacity(items.len());
                 for (x, _) in &items {
                     row.push(self.eval(x, &env)?);
@@ -370,7 +376,7 @@ impl Exec<'_> {
         let arg = args.first().cloned().unwrap_or(Expr::Null);
         let mut vals = Vec::new();
         for c in combos {
-            let env = make_env(srcs, c);
+            let env = make_env(srcs, c, &Env::default());
             let v = self.eval(&arg, &env)?;
             if !v.is_null() {
                 vals.push(v);
@@ -844,7 +850,7 @@ impl Exec<'_> {
             Expr::Bin(b) => Value::Bin(b.clone()),
             Expr::Var(v) => self.get_var(v)?.1,
             Expr::Global(g) => self.global(g)?,
-            Expr::Column(q, c) => env.lookup(q.as_deref(), c).ok_or_else(|| {
+            Expr::Column(q, c) => env.lookup(q.as_deref(), c)?.ok_or_else(|| {
                 let shown = match q {
                     Some(q) => format!("{q}.{c}"),
                     None => c.clone(),
@@ -914,7 +920,7 @@ impl Exec<'_> {
                 if a.is_null() {
                     return Ok(Value::Null);
                 }
-                let (_, rows) = self.run_select(sel)?;
+                let (_, rows) = self.run_select_in(sel, env)?;
                 let hit = rows.iter().any(|r| {
                     r.first()
                         .is_some_and(|b| compare(&a, b).is_some_and(|o| o.is_eq()))
@@ -926,11 +932,11 @@ impl Exec<'_> {
                 bit(v.is_null() != *not)
             }
             Expr::Exists(sel) => {
-                let (_, rows) = self.run_select(sel)?;
+                let (_, rows) = self.run_select_in(sel, env)?;
                 bit(!rows.is_empty())
             }
             Expr::Subquery(sel) => {
-                let (_, rows) = self.run_select(sel)?;
+                let (_, rows) = self.run_select_in(sel, env)?;
                 rows.first()
                     .and_then(|r| r.first().cloned())
                     .unwrap_or(Value::Null)
@@ -1419,8 +1425,11 @@ fn binop(a: &Value, op: &str, b: &Value) -> R<Value> {
     })
 }
 
-fn make_env<'r>(srcs: &'r [Src], combo: &[Option<usize>]) -> Env<'r> {
-    let mut env = Env::default();
+fn make_env<'r>(srcs: &'r [Src], combo: &[Option<usize>], outer: &Env<'r>) -> Env<'r> {
+    let mut env = Env {
+        frames: Vec::new(),
+        outer: outer.frames.iter().chain(outer.outer.iter()).cloned().collect(),
+    };
     for (i, src) in srcs.iter().enumerate() {
         let row = combo.get(i).copied().flatten().map(|r| src.rows[r].as_slice());
         env.frames.push((&src.names, &src.cols, row));
@@ -1429,18 +1438,31 @@ fn make_env<'r>(srcs: &'r [Src], combo: &[Option<usize>]) -> Env<'r> {
 }
 
 impl Env<'_> {
-    fn lookup(&self, q: Option<&str>, c: &str) -> Option<Value> {
-        for (names, cols, row) in &self.frames {
-            if let Some(q) = q
-                && !names.iter().any(|n| ci_cmp(n, q).is_eq())
-            {
-                continue;
+    /// Finds a column: first among this query's sources (an unqualified name found in two
+    /// of them is 209, as on the server), then in the enclosing queries'.
+    fn lookup(&self, q: Option<&str>, c: &str) -> R<Option<Value>> {
+        let find = |frames: &[Frame<'_>]| -> Vec<Value> {
+            let mut hits = Vec::new();
+            for (names, cols, row) in frames {
+                if let Some(q) = q
+                    && !names.iter().any(|n| ci_cmp(n, q).is_eq())
+                {
+                    continue;
+                }
+                if let Some(i) = cols.iter().position(|k| ci_cmp(&k.name, c).is_eq()) {
+                    hits.push(row.map(|r| r[i].clone()).unwrap_or(Value::Null));
+                }
             }
-            if let Some(i) = cols.iter().position(|k| ci_cmp(&k.name, c).is_eq()) {
-                return Some(row.map(|r| r[i].clone()).unwrap_or(Value::Null));
-            }
+            hits
+        };
+        let here = find(&self.frames);
+        if here.len() > 1 && q.is_none() {
+            return Err(e(209, &[c]));
         }
-        None
+        if let Some(v) = here.into_iter().next() {
+            return Ok(Some(v));
+        }
+        Ok(find(&self.outer).into_iter().next())
     }
 }
 
