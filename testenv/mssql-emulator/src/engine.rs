@@ -1045,14 +1045,11 @@ impl<'a> Exec<'a> {
                 server,
                 add,
                 member,
-            } => {
-                let add = add.unwrap_or(true);
-                if *server {
-                    self.alter_server_role(name, add, member)
-                } else {
-                    self.alter_role(name, add, member)
-                }
-            }
+            } => match add {
+                None => self.rename_role(name, *server, member),
+                Some(add) if *server => self.alter_server_role(name, *add, member),
+                Some(add) => self.alter_role(name, *add, member),
+            },
             StmtKind::DropRole {
                 if_exists,
                 name,
@@ -1392,6 +1389,13 @@ impl<'a> Exec<'a> {
             }
         }
         let policy = target.sql.as_ref().map(|s| s.policy).unwrap_or(false);
+        let expiration = target.sql.as_ref().is_some_and(|s| s.expiration)
+            || options
+                .iter()
+                .any(|o| o.0 == "CHECK_EXPIRATION" && o.1 == OptVal::Flag(true));
+        if password.is_some_and(|p| p.must_change) && !expiration {
+            return Err(e(15099, &[]));
+        }
         let new_hash = match password {
             Some(pw) => Some(self.password_hash(name, pw, policy)?),
             None => None,
@@ -1845,6 +1849,48 @@ impl<'a> Exec<'a> {
             db.role_members.push((rid, mid));
         } else if !add {
             db.role_members.retain(|x| *x != (rid, mid));
+        }
+        Ok(())
+    }
+
+    /// `ALTER [SERVER] ROLE r WITH NAME = n`. Fixed roles cannot be renamed (15150 [U]).
+    fn rename_role(&mut self, role: &str, server: bool, new: &str) -> R {
+        if server {
+            let Some(r) = self.cat.login(role).filter(|p| p.kind == 'R') else {
+                return Err(e(15151, &["alter", "server role", role]));
+            };
+            if r.fixed_role || r.id == 2 {
+                return Err(e(15150, &["alter", "server role", &r.name.clone()]));
+            }
+            if !(self.server_perm("ALLG") || r.owner == Some(self.sess.login_id)) {
+                return Err(e(15151, &["alter", "server role", role]));
+            }
+            let rid = r.id;
+            if self.cat.login(new).is_some_and(|p| p.id != rid) {
+                return Err(e(15025, &[new]));
+            }
+            if let Some(p) = self.cat.server_principals.iter_mut().find(|p| p.id == rid) {
+                p.name = new.to_string();
+            }
+            return Ok(());
+        }
+        let db = self.cur_db()?;
+        let Some(r) = db.principal(role).filter(|p| p.kind == 'R') else {
+            return Err(e(15151, &["alter", "role", role]));
+        };
+        if r.fixed_role || r.id == 0 {
+            return Err(e(15150, &["alter", "role", &r.name.clone()]));
+        }
+        let uid = self.user_in(db);
+        if !(self.db_perm(db, "ALRL") || uid.is_some_and(|u| r.owner == Some(u))) {
+            return Err(e(15151, &["alter", "role", role]));
+        }
+        let rid = r.id;
+        if db.principal(new).is_some_and(|p| p.id != rid) {
+            return Err(Fail::from(SqlError::new(15023, &[new]).with_state(10)));
+        }
+        if let Some(p) = self.cur_db_mut()?.principals.iter_mut().find(|p| p.id == rid) {
+            p.name = new.to_string();
         }
         Ok(())
     }

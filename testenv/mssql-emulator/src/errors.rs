@@ -76,6 +76,7 @@ pub static MESSAGES: &[MessageDef] = &[
     m(3903, 16, 1, "The ROLLBACK TRANSACTION request has no corresponding BEGIN TRANSACTION."),
     m(4060, 11, 1, "Cannot open database \"%.*ls\" requested by the login. The login failed."),
     m(4064, 11, 1, "Cannot open user default database. Login failed."),
+    m(4104, 16, 1, "The multi-part identifier \"%.*ls\" could not be bound."),
     u(4611, 16, 1, "To revoke or deny grantable privileges, specify the CASCADE option."),
     u(4613, 16, 1, "Grantor does not have GRANT permission."),
     u(4617, 16, 1, "Cannot grant, deny or revoke permissions to or from special roles."),

@@ -1227,3 +1227,49 @@ async fn correlated_subqueries_and_ambiguous_columns() {
     .await;
     assert_eq!(e.message(), "Ambiguous column name 'name'.");
 }
+
+/// Role renames (B5), the table name not qualifying an aliased source (4104), and MUST_CHANGE
+/// on ALTER LOGIN without CHECK_EXPIRATION (15099).
+#[tokio::test]
+async fn role_rename_alias_scope_and_must_change() {
+    let t = target().await;
+    let mut c = t.sa().await;
+    let (d, l) = (t.n("dren"), t.n("Lmc"));
+    ok(
+        &mut c,
+        &format!("CREATE DATABASE [{d}]; USE [{d}]; CREATE ROLE r1; CREATE ROLE r2"),
+    )
+    .await;
+    ok(&mut c, "ALTER ROLE r1 WITH NAME = r3").await;
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT 1 FROM sys.database_principals WHERE name IN ('r1', 'r3')"
+        )
+        .await,
+        1
+    );
+    err(&mut c, "ALTER ROLE r3 WITH NAME = r2", 15023).await;
+    err(&mut c, "ALTER ROLE nosuch WITH NAME = r9", 15151).await;
+    let e = err(
+        &mut c,
+        "SELECT database_principals.name FROM sys.database_principals p",
+        4104,
+    )
+    .await;
+    assert_eq!(
+        e.message(),
+        "The multi-part identifier \"database_principals.name\" could not be bound."
+    );
+    ok(
+        &mut c,
+        &format!("USE master; CREATE LOGIN [{l}] WITH PASSWORD = '{PW}'"),
+    )
+    .await;
+    err(
+        &mut c,
+        &format!("ALTER LOGIN [{l}] WITH PASSWORD = 'N3w!Passw0rd' MUST_CHANGE"),
+        15099,
+    )
+    .await;
+}

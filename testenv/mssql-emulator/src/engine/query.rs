@@ -489,10 +489,8 @@ impl Exec<'_> {
     }
 
     fn source(&mut self, t: &TableRef) -> R<Src> {
-        let mut names = vec![t.name.clone()];
-        if let Some(a) = &t.alias {
-            names.insert(0, a.clone());
-        }
+        // With an alias, only the alias qualifies the columns (the server's 4104 otherwise).
+        let names = vec![t.alias.clone().unwrap_or_else(|| t.name.clone())];
         let shown = match (&t.database, &t.schema) {
             (Some(d), Some(sch)) => format!("{d}.{sch}.{}", t.name),
             (None, Some(sch)) => format!("{sch}.{}", t.name),
@@ -850,13 +848,14 @@ impl Exec<'_> {
             Expr::Bin(b) => Value::Bin(b.clone()),
             Expr::Var(v) => self.get_var(v)?.1,
             Expr::Global(g) => self.global(g)?,
-            Expr::Column(q, c) => env.lookup(q.as_deref(), c)?.ok_or_else(|| {
-                let shown = match q {
-                    Some(q) => format!("{q}.{c}"),
-                    None => c.clone(),
-                };
-                e(207, &[&shown])
-            })?,
+            Expr::Column(q, c) => match env.lookup(q.as_deref(), c)? {
+                Some(v) => v,
+                None => match q {
+                    Some(q) if !env.has_source(q) => return Err(e(4104, &[&format!("{q}.{c}")])),
+                    Some(q) => return Err(e(207, &[&format!("{q}.{c}")])),
+                    None => return Err(e(207, &[c])),
+                },
+            },
             Expr::Cast(inner, t) => cast_value(self.eval(inner, env)?, type_of(t)),
             Expr::Unary(op, inner) => {
                 let v = self.eval(inner, env)?;
@@ -1438,6 +1437,14 @@ fn make_env<'r>(srcs: &'r [Src], combo: &[Option<usize>], outer: &Env<'r>) -> En
 }
 
 impl Env<'_> {
+    /// True if a source (here or in an enclosing query) is named or aliased `q`.
+    fn has_source(&self, q: &str) -> bool {
+        self.frames
+            .iter()
+            .chain(self.outer.iter())
+            .any(|(names, _, _)| names.iter().any(|n| ci_cmp(n, q).is_eq()))
+    }
+
     /// Finds a column: first among this query's sources (an unqualified name found in two
     /// of them is 209, as on the server), then in the enclosing queries'.
     fn lookup(&self, q: Option<&str>, c: &str) -> R<Option<Value>> {

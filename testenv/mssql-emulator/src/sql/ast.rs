@@ -282,6 +282,7 @@ pub enum StmtKind {
         owner: Option<String>,
         server: bool,
     },
+    /// `ALTER [SERVER] ROLE r ADD|DROP MEMBER m` (add = Some) or `… WITH NAME = m` (add = None).
     AlterRole {
         name: String,
         server: bool,

@@ -924,8 +924,13 @@ impl Parser {
                 if self.eat_kw("WITH") {
                     self.expect_kw("NAME")?;
                     self.expect_sym("=")?;
-                    let n = self.ident()?;
-                    return Err(SqlError::unsupported(&format!("ALTER ROLE … WITH NAME = {n}")));
+                    let member = self.ident()?;
+                    return Ok(StmtKind::AlterRole {
+                        name,
+                        server,
+                        add: None,
+                        member,
+                    });
                 }
                 let add = if self.eat_kw("ADD") {
                     true
