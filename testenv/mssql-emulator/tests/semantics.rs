@@ -1273,3 +1273,24 @@ async fn role_rename_alias_scope_and_must_change() {
     )
     .await;
 }
+
+/// sysname is nvarchar(128): lengths count UTF-16 code units, so a character outside the BMP
+/// counts twice (64 emoji fit, 65 do not).
+#[tokio::test]
+async fn identifier_lengths_count_utf16_units() {
+    let t = target().await;
+    let mut c = t.sa().await;
+    let fits = "😀".repeat(64);
+    let too_long = "😀".repeat(65);
+    assert_eq!(int(&mut c, &format!("SELECT LEN(N'{fits}')")).await, Some(128));
+    assert!(
+        text(&mut c, &format!("SELECT QUOTENAME(N'{fits}')"))
+            .await
+            .is_some()
+    );
+    assert_eq!(
+        text(&mut c, &format!("SELECT QUOTENAME(N'{too_long}')")).await,
+        None
+    );
+    err(&mut c, &format!("CREATE ROLE [{too_long}]"), 103).await;
+}

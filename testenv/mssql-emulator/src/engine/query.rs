@@ -1157,7 +1157,8 @@ impl Exec<'_> {
             }
             "QUOTENAME" => match text(0) {
                 None => Value::Null,
-                Some(t) if t.chars().count() > 128 => Value::Null,
+                // More than 128 UTF-16 code units (the length of sysname) gives NULL.
+                Some(t) if t.encode_utf16().count() > 128 => Value::Null,
                 Some(t) => {
                     let q = text(1).unwrap_or_else(|| "[".into());
                     let (open, close) = match q.as_str() {
@@ -1201,7 +1202,7 @@ impl Exec<'_> {
                 _ => Value::Null,
             },
             "LEN" => text(0)
-                .map(|t| int(t.trim_end_matches(' ').chars().count() as i64))
+                .map(|t| int(t.trim_end_matches(' ').encode_utf16().count() as i64))
                 .unwrap_or(Value::Null),
             "DATALENGTH" => match arg(0).base() {
                 Value::Null => Value::Null,

@@ -1620,9 +1620,10 @@ fn err_for(t: &Tok) -> SqlError {
     }
 }
 
-/// Identifiers are limited to 128 characters (103, which aborts the batch).
+/// Identifiers are limited to 128 UTF-16 code units (103, which aborts the batch): sysname is
+/// nvarchar(128), so a character outside the BMP counts twice.
 fn check_len(name: &str) -> Result<(), SqlError> {
-    if name.chars().count() > 128 {
+    if name.encode_utf16().count() > 128 {
         let start: String = name.chars().take(128).collect();
         return Err(SqlError::new(103, &[&start, "128"]));
     }
