@@ -634,8 +634,8 @@ pub fn read_typed_value(r: &mut Reader<'_>) -> Result<(Option<SqlType>, Value), 
             let v = match bytes {
                 None => Value::Null,
                 Some(b) if unicode => Value::Str(utf16_to_string(&b)),
-                // Code page 1252 and UTF-8 agree on ASCII; other bytes map to U+FFFD here.
-                Some(b) => Value::Str(String::from_utf8_lossy(&b).into_owned()),
+                // varchar parameters arrive in the collation's code page (1252).
+                Some(b) => Value::Str(crate::value::cp1252_decode(&b)),
             };
             Ok((Some(sty), v))
         }
@@ -844,11 +844,11 @@ fn type_info(out: &mut Vec<u8>, c: &Column) {
     }
 }
 
-/// Single-byte text for char/varchar columns: code page 1252 agrees with Latin-1 for the ASCII
-/// names the catalog holds; anything outside becomes '?', as the server's conversion would.
+/// Single-byte text for char/varchar columns in code page 1252; characters it lacks become
+/// '?', as the server's conversion does.
 fn latin1(s: &str) -> Vec<u8> {
     s.chars()
-        .map(|ch| if (ch as u32) < 256 { ch as u8 } else { b'?' })
+        .map(|ch| crate::value::cp1252_byte(ch).unwrap_or(b'?'))
         .collect()
 }
 

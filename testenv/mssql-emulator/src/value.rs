@@ -190,3 +190,42 @@ impl Column {
         }
     }
 }
+
+/// Code page 1252 characters at 0x80–0x9F (0 = unassigned there).
+const CP1252_HIGH: [u16; 32] = [
+    0x20AC, 0, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160, 0x2039, 0x0152, 0,
+    0x017D, 0, 0, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014, 0x02DC, 0x2122, 0x0161, 0x203A,
+    0x0153, 0, 0x017E, 0x0178,
+];
+
+/// The code-page-1252 byte for a character, if it has one.
+pub fn cp1252_byte(c: char) -> Option<u8> {
+    let u = c as u32;
+    if u < 0x80 || (0xA0..=0xFF).contains(&u) {
+        return Some(u as u8);
+    }
+    CP1252_HIGH
+        .iter()
+        .position(|x| *x as u32 == u && *x != 0)
+        .map(|i| 0x80 + i as u8)
+}
+
+/// Decodes code-page-1252 bytes (varchar data under SQL_Latin1_General_CP1_CI_AS).
+pub fn cp1252_decode(b: &[u8]) -> String {
+    b.iter()
+        .map(|&x| match x {
+            0x80..=0x9F => char::from_u32(CP1252_HIGH[(x - 0x80) as usize] as u32)
+                .filter(|c| *c != '\0')
+                .unwrap_or('?'),
+            _ => x as char,
+        })
+        .collect()
+}
+
+/// A string as varchar under the server collation holds it: characters code page 1252 lacks
+/// become '?' (so a non-N literal loses them, as on the server).
+pub fn to_varchar(s: &str) -> String {
+    s.chars()
+        .map(|c| if cp1252_byte(c).is_some() { c } else { '?' })
+        .collect()
+}

@@ -1294,3 +1294,38 @@ async fn identifier_lengths_count_utf16_units() {
     );
     err(&mut c, &format!("CREATE ROLE [{too_long}]"), 103).await;
 }
+
+/// A literal without N is varchar in code page 1252: other characters become '?'. A provider
+/// that writes a password as '…' instead of N'…' sets a different password than it thinks;
+/// the emulator must show that, not hide it.
+#[tokio::test]
+async fn non_unicode_literals_lose_characters() {
+    let t = target().await;
+    let mut c = t.sa().await;
+    assert_eq!(
+        text(&mut c, "SELECT CAST('Zürich データ' AS nvarchar(20))")
+            .await
+            .as_deref(),
+        Some("Zürich ???")
+    );
+    assert_eq!(
+        text(&mut c, "SELECT N'Zürich データ'").await.as_deref(),
+        Some("Zürich データ")
+    );
+    let l = t.n("Lcp");
+    ok(
+        &mut c,
+        &format!("CREATE LOGIN [{l}] WITH PASSWORD = 'Pässwörd!データ1'"),
+    )
+    .await;
+    assert_eq!(
+        t.login(&l, "Pässwörd!データ1", None)
+            .await
+            .err()
+            .and_then(|e| e.code()),
+        Some(18456)
+    );
+    t.login(&l, "Pässwörd!???1", None)
+        .await
+        .expect("the password the server actually stored");
+}

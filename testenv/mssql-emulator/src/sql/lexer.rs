@@ -230,7 +230,8 @@ pub fn lex(src: &str) -> Result<Vec<Token>, SqlError> {
             let (s, ni, nl) = read_delimited(&chars, i, '\'', line)?;
             i = ni;
             line = nl;
-            push(&mut out, Tok::Str(s, false));
+            // A literal without N is varchar: characters code page 1252 lacks become '?'.
+            push(&mut out, Tok::Str(crate::value::to_varchar(&s), false));
             continue;
         }
         if c == '[' {
