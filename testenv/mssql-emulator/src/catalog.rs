@@ -324,8 +324,15 @@ pub struct Catalog {
     pub databases: Vec<Database>,
     /// `contained database authentication`: (configured value, value in use).
     pub contained_auth: (i64, i64),
-    /// Deterministic counter for SIDs and salts when no randomness is wanted.
+    /// SIDs handed out so far.
     pub sid_counter: u64,
+    /// PRNG state when the emulator runs deterministically (`Config::seed`); OS randomness
+    /// otherwise.
+    #[serde(skip)]
+    pub rng: Option<u64>,
+    /// Fixed clock (`Config::clock_ms`) for create/modify dates; the system clock otherwise.
+    #[serde(skip)]
+    pub clock: Option<i64>,
 }
 
 /// Salted SHA-512 hash in SQL Server's 2012+ format.
@@ -365,6 +372,23 @@ pub fn random_bytes(buf: &mut [u8]) {
     }
 }
 
+/// splitmix64 when seeded, OS randomness otherwise.
+fn fill_from(rng: &mut Option<u64>, buf: &mut [u8]) {
+    match rng {
+        Some(state) => {
+            for chunk in buf.chunks_mut(8) {
+                *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = *state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+            }
+        }
+        None => random_bytes(buf),
+    }
+}
+
 /// Current time in ms since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -376,10 +400,17 @@ pub fn now_ms() -> i64 {
 impl Catalog {
     /// A fresh catalog seeded per B7, with `sa`'s password.
     pub fn new(sa_password: &str) -> Catalog {
-        let now = now_ms();
+        Catalog::with_determinism(sa_password, None, None)
+    }
+
+    /// Like [`Catalog::new`], with an optional PRNG seed (SIDs, salts, NEWID) and fixed clock,
+    /// so two runs produce the same catalog dump.
+    pub fn with_determinism(sa_password: &str, seed: Option<u64>, clock: Option<i64>) -> Catalog {
+        let now = clock.unwrap_or_else(now_ms);
+        let mut rng = seed;
         let mut sp = vec![];
         let mut salt = [0u8; 4];
-        random_bytes(&mut salt);
+        fill_from(&mut rng, &mut salt);
         sp.push(ServerPrincipal {
             id: 1,
             name: "sa".into(),
@@ -429,6 +460,8 @@ impl Catalog {
             databases: vec![],
             contained_auth: (0, 0),
             sid_counter: 0,
+            rng,
+            clock,
         };
         for (id, name, recovery) in [
             (1, "master", 3),
@@ -523,9 +556,19 @@ impl Catalog {
     /// A fresh 16-byte SID.
     pub fn new_sid(&mut self) -> Vec<u8> {
         let mut b = vec![0u8; 16];
-        random_bytes(&mut b);
+        self.fill(&mut b);
         self.sid_counter += 1;
         b
+    }
+
+    /// Random bytes: seeded when the emulator is deterministic.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        fill_from(&mut self.rng, buf);
+    }
+
+    /// The catalog's clock.
+    pub fn now(&self) -> i64 {
+        self.clock.unwrap_or_else(now_ms)
     }
 }
 

@@ -1091,7 +1091,7 @@ impl<'a> Exec<'a> {
             return Err(e(12824, &["create"]));
         }
         let id = self.cat.next_db_id();
-        let mut db = new_database(id, name, self.login_sid(), &collation, now_ms());
+        let mut db = new_database(id, name, self.login_sid(), &collation, self.cat.now());
         db.containment = partial as u8;
         self.cat.databases.push(db);
         Ok(())
@@ -1245,7 +1245,7 @@ impl<'a> Exec<'a> {
             return Err(e(15025, &[name]));
         }
         let opt = |k: &str| options.iter().find(|o| o.0 == k).map(|o| &o.1);
-        let now = now_ms();
+        let now = self.cat.now();
         let id = self.cat.next_login_id();
         if external {
             let sid = match opt("OBJECT_ID") {
@@ -1352,7 +1352,7 @@ impl<'a> Exec<'a> {
                     check_policy(name, t)?;
                 }
                 let mut salt = [0u8; 4];
-                random_bytes(&mut salt);
+                self.cat.fill(&mut salt);
                 Ok(hash_password(t, salt))
             }
             _ => Err(e(15021, &[])),
@@ -1408,7 +1408,7 @@ impl<'a> Exec<'a> {
                 return Err(e(15025, &[n]));
             }
         }
-        let now = now_ms();
+        let now = self.cat.now();
         let Some(p) = self.cat.server_principals.iter_mut().find(|p| p.id == tid) else {
             return Ok(());
         };
@@ -1496,9 +1496,7 @@ impl<'a> Exec<'a> {
                     return Err(e(33233, &[]));
                 }
                 check_policy(name, p)?;
-                let mut salt = [0u8; 4];
-                random_bytes(&mut salt);
-                pw_hash = Some(hash_password(p, salt));
+                pw_hash = Some(p.clone());
             }
             UserSource::External => {
                 let Some(OptVal::Text(g)) = options.iter().find(|o| o.0 == "OBJECT_ID").map(|o| &o.1) else {
@@ -1534,6 +1532,13 @@ impl<'a> Exec<'a> {
             Some(OptVal::Text(s)) => Some(s.clone()),
             _ => Some("dbo".to_string()),
         };
+        // The contained user's password is hashed only now: the salt needs the catalog's RNG.
+        let pw_hash = pw_hash.take().map(|p| {
+            let mut salt = [0u8; 4];
+            self.cat.fill(&mut salt);
+            hash_password(&p, salt)
+        });
+        let now = self.cat.now();
         let db = self.cur_db_mut()?;
         db.principals.push(DbPrincipal {
             id,
@@ -1544,8 +1549,8 @@ impl<'a> Exec<'a> {
             auth_type: auth,
             owner: None,
             fixed_role: false,
-            created: now_ms(),
-            password_hash: pw_hash.take(),
+            created: now,
+            password_hash: pw_hash,
         });
         db.perms.push(Perm {
             class: 0,
@@ -1767,7 +1772,7 @@ impl<'a> Exec<'a> {
             };
             let id = self.cat.next_login_id();
             let sid = self.cat.new_sid();
-            let now = now_ms();
+            let now = self.cat.now();
             self.cat.server_principals.push(ServerPrincipal {
                 id,
                 name: name.into(),
@@ -1801,6 +1806,7 @@ impl<'a> Exec<'a> {
         let id = db.next_principal_id();
         let mut sid = vec![1, 5, 0, 0, 0, 0, 0, 9, 4, 0, 0, 0];
         sid.extend(self.cat.new_sid());
+        let now = self.cat.now();
         self.cur_db_mut()?.principals.push(DbPrincipal {
             id,
             name: name.into(),
@@ -1810,7 +1816,7 @@ impl<'a> Exec<'a> {
             auth_type: 0,
             owner: Some(owner_id),
             fixed_role: false,
-            created: now_ms(),
+            created: now,
             password_hash: None,
         });
         Ok(())

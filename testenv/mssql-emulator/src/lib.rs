@@ -79,6 +79,11 @@ pub struct Config {
     /// HS256 key that Entra security tokens (FEDAUTH) must be signed with; `None` accepts
     /// tokens without checking their signature.
     pub fedauth_hs256_key: Option<Vec<u8>>,
+    /// Seed for SIDs, password salts and NEWID(); `None` uses OS randomness. With a seed and a
+    /// fixed clock, the same statements give the same catalog dump.
+    pub seed: Option<u64>,
+    /// Fixed create/modify time (ms since the Unix epoch) instead of the system clock.
+    pub clock_ms: Option<i64>,
 }
 
 impl Default for Config {
@@ -91,6 +96,8 @@ impl Default for Config {
             cert: None,
             identity: Identity::default(),
             fedauth_hs256_key: None,
+            seed: None,
+            clock_ms: None,
         }
     }
 }

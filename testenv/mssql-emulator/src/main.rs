@@ -36,6 +36,9 @@ struct Args {
     /// HS256 key Entra tokens must be signed with (unchecked when absent).
     #[arg(long, env = "MSSQL_EMULATOR_FEDAUTH_KEY")]
     fedauth_hs256_key: Option<String>,
+    /// Seed for SIDs, salts and NEWID() (deterministic catalogs).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[tokio::main]
@@ -61,6 +64,8 @@ async fn main() -> anyhow::Result<()> {
         cert: args.cert.zip(args.key),
         identity,
         fedauth_hs256_key: args.fedauth_hs256_key.map(String::into_bytes),
+        seed: args.seed,
+        clock_ms: None,
     };
     let emu = Emulator::start(cfg).await?;
     // One machine-readable line so scripts can find both ports.

@@ -92,6 +92,8 @@ pub struct Shared {
     /// Transaction descriptors.
     pub next_descriptor: AtomicU64,
     sa_password: String,
+    seed: Option<u64>,
+    clock_ms: Option<i64>,
     pub(crate) fedauth_key: Option<Vec<u8>>,
     spids: Mutex<std::collections::BTreeSet<u16>>,
 }
@@ -114,7 +116,11 @@ impl Shared {
             None => (None, None),
         };
         Shared {
-            cat: Mutex::new(Catalog::new(&cfg.sa_password)),
+            cat: Mutex::new(Catalog::with_determinism(
+                &cfg.sa_password,
+                cfg.seed,
+                cfg.clock_ms,
+            )),
             sessions: Mutex::new(BTreeMap::new()),
             identity: cfg.identity.clone(),
             tls_config,
@@ -124,6 +130,8 @@ impl Shared {
             faults: Mutex::new(FaultState::default()),
             next_descriptor: AtomicU64::new(1),
             sa_password: cfg.sa_password.clone(),
+            seed: cfg.seed,
+            clock_ms: cfg.clock_ms,
             fedauth_key: cfg.fedauth_hs256_key.clone(),
             spids: Mutex::new(Default::default()),
         }
@@ -259,7 +267,7 @@ impl Shared {
         for s in lock(&self.sessions).values() {
             s.kill.notify_one();
         }
-        *self.catalog() = Catalog::new(&self.sa_password);
+        *self.catalog() = Catalog::with_determinism(&self.sa_password, self.seed, self.clock_ms);
         *lock(&self.counters) = Counters::default();
         *lock(&self.faults) = FaultState::default();
     }

@@ -332,3 +332,32 @@ async fn admin_interface_counters_faults_dump_reset() {
     assert_eq!(emu.counters().logins, 0);
     emu.shutdown().await;
 }
+
+/// With a seed and a fixed clock, the same statements give the same catalog dump (SIDs,
+/// salts and dates included), so other crates can compare dumps across runs.
+#[tokio::test]
+async fn seeded_emulators_produce_identical_catalogs() {
+    let mut dumps = Vec::new();
+    for _ in 0..2 {
+        let cfg = Config {
+            seed: Some(42),
+            clock_ms: Some(1_700_000_000_000),
+            ..Config::default()
+        };
+        let emu = Emulator::start(cfg).await.expect("start");
+        let base =
+            tiberius::Config::from_ado_string(&emu.ado_string("sa", mssql_emulator::DEFAULT_SA_PASSWORD))
+                .expect("ado");
+        let mut c = connect(base).await.expect("connect");
+        ok(&mut c, &format!("CREATE LOGIN det WITH PASSWORD = '{PW}'; CREATE DATABASE detdb; USE detdb; CREATE USER u WITHOUT LOGIN")).await;
+        dumps.push(emu.catalog_json());
+        emu.shutdown().await;
+    }
+    assert_eq!(dumps[0], dumps[1]);
+    let unseeded = Emulator::start(Config::default()).await.expect("start");
+    assert_ne!(
+        unseeded.catalog_json()["server_principals"][0]["sql"]["hash"],
+        dumps[0]["server_principals"][0]["sql"]["hash"],
+        "salts differ without a seed"
+    );
+}

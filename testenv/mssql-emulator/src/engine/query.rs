@@ -1261,7 +1261,7 @@ impl Exec<'_> {
             "CONCAT" => s(&v.iter().filter_map(|x| x.as_text()).collect::<String>()),
             "NEWID" => {
                 let mut b = [0u8; 16];
-                random_bytes(&mut b);
+                self.cat.fill(&mut b);
                 let h: String = b.iter().map(|x| format!("{x:02X}")).collect();
                 s(&format!(
                     "{}-{}-{}-{}-{}",
