@@ -333,6 +333,20 @@ pub struct Catalog {
     /// Fixed clock (`Config::clock_ms`) for create/modify dates; the system clock otherwise.
     #[serde(skip)]
     pub clock: Option<i64>,
+    /// The stub Entra directory `FROM EXTERNAL PROVIDER` resolves names in.
+    #[serde(skip)]
+    pub directory: Vec<EntraPrincipal>,
+}
+
+/// An entry of the stub Entra directory (`Config::entra_directory`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EntraPrincipal {
+    /// Display name as used in `CREATE LOGIN [name] FROM EXTERNAL PROVIDER`.
+    pub name: String,
+    /// Object id (a GUID); becomes the SID.
+    pub object_id: String,
+    /// True for a group (type X), false for a user or application (type E).
+    pub group: bool,
 }
 
 /// Salted SHA-512 hash in SQL Server's 2012+ format.
@@ -462,6 +476,7 @@ impl Catalog {
             sid_counter: 0,
             rng,
             clock,
+            directory: Vec::new(),
         };
         for (id, name, recovery) in [
             (1, "master", 3),

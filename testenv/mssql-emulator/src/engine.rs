@@ -1248,14 +1248,7 @@ impl<'a> Exec<'a> {
         let now = self.cat.now();
         let id = self.cat.next_login_id();
         if external {
-            let sid = match opt("OBJECT_ID") {
-                Some(OptVal::Text(g)) => parse_guid(g).ok_or_else(|| Fail::from(SqlError::syntax(g)))?,
-                _ => {
-                    return Err(Fail::from(SqlError::unsupported(
-                        "FROM EXTERNAL PROVIDER without WITH OBJECT_ID (no Entra directory configured)",
-                    )));
-                }
-            };
+            let (sid, kind) = self.resolve_external(name, opt("OBJECT_ID"))?;
             if self.cat.login_by_sid(&sid).is_some() {
                 return Err(e(15433, &[]));
             }
@@ -1263,7 +1256,7 @@ impl<'a> Exec<'a> {
                 id,
                 name: name.into(),
                 sid,
-                kind: 'E',
+                kind,
                 disabled: false,
                 created: now,
                 modified: now,
@@ -1441,6 +1434,33 @@ impl<'a> Exec<'a> {
         Ok(())
     }
 
+    /// The SID and type (E or X) of an Entra principal: from `WITH OBJECT_ID`, else from the
+    /// stub directory; unknown names are 33134 as a real server answers.
+    fn resolve_external(&self, name: &str, object_id: Option<&OptVal>) -> R<(Vec<u8>, char)> {
+        if let Some(OptVal::Text(g)) = object_id {
+            let sid = parse_guid(g).ok_or_else(|| Fail::from(SqlError::syntax(g)))?;
+            let group = self
+                .cat
+                .directory
+                .iter()
+                .any(|p| p.group && parse_guid(&p.object_id).as_ref() == Some(&sid));
+            return Ok((sid, if group { 'X' } else { 'E' }));
+        }
+        match self
+            .cat
+            .directory
+            .iter()
+            .find(|p| Catalog::name_eq(&p.name, name))
+        {
+            Some(p) => {
+                let sid =
+                    parse_guid(&p.object_id).ok_or_else(|| Fail::from(SqlError::syntax(&p.object_id)))?;
+                Ok((sid, if p.group { 'X' } else { 'E' }))
+            }
+            None => Err(e(33134, &[name, "Principal not found in the directory."])),
+        }
+    }
+
     fn drop_login(&mut self, name: &str) -> R {
         let Some(target) = self.cat.login(name).filter(|p| p.kind != 'R') else {
             return Err(e(15151, &["drop", "login", name]));
@@ -1499,13 +1519,10 @@ impl<'a> Exec<'a> {
                 pw_hash = Some(p.clone());
             }
             UserSource::External => {
-                let Some(OptVal::Text(g)) = options.iter().find(|o| o.0 == "OBJECT_ID").map(|o| &o.1) else {
-                    return Err(Fail::from(SqlError::unsupported(
-                        "FROM EXTERNAL PROVIDER without WITH OBJECT_ID (no Entra directory configured)",
-                    )));
-                };
-                sid = Some(parse_guid(g).ok_or_else(|| Fail::from(SqlError::syntax(g)))?);
-                kind = 'E';
+                let (x, k) =
+                    self.resolve_external(name, options.iter().find(|o| o.0 == "OBJECT_ID").map(|o| &o.1))?;
+                sid = Some(x);
+                kind = k;
             }
         }
         let auth = match source {

@@ -126,6 +126,7 @@ pub static MESSAGES: &[MessageDef] = &[
     m(18488, 14, 1, "Login failed for user '%.*ls'. Reason: The password of the account must be changed."),
     m(33062, 16, 2, "Password validation failed. The password does not meet SQL Server password policy requirements because it is too short. The password must be at least 8 characters."),
     m(33064, 16, 2, "Password validation failed. The password does not meet SQL Server password policy requirements because it is not complex enough. The password must be at least 8 characters long and contain characters from three of the following four sets: Uppercase letters, Lowercase letters, Base 10 digits, and Symbols."),
+    m(33134, 16, 72, "Principal '%.*ls' could not be resolved. Error message: '%ls'"),
     m(33233, 16, 1, "You can only create a user with a password in a contained database."),
     m(50000, 16, 1, "Emulator does not support: %ls"),
 ];

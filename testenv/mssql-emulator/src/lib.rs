@@ -84,6 +84,8 @@ pub struct Config {
     pub seed: Option<u64>,
     /// Fixed create/modify time (ms since the Unix epoch) instead of the system clock.
     pub clock_ms: Option<i64>,
+    /// Stub Entra directory for `FROM EXTERNAL PROVIDER` without `WITH OBJECT_ID`.
+    pub entra_directory: Vec<catalog::EntraPrincipal>,
 }
 
 impl Default for Config {
@@ -98,6 +100,7 @@ impl Default for Config {
             fedauth_hs256_key: None,
             seed: None,
             clock_ms: None,
+            entra_directory: Vec::new(),
         }
     }
 }

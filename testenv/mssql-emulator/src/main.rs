@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         fedauth_hs256_key: args.fedauth_hs256_key.map(String::into_bytes),
         seed: args.seed,
         clock_ms: None,
+        entra_directory: Vec::new(),
     };
     let emu = Emulator::start(cfg).await?;
     // One machine-readable line so scripts can find both ports.

@@ -94,6 +94,7 @@ pub struct Shared {
     sa_password: String,
     seed: Option<u64>,
     clock_ms: Option<i64>,
+    directory: Vec<crate::catalog::EntraPrincipal>,
     pub(crate) fedauth_key: Option<Vec<u8>>,
     spids: Mutex<std::collections::BTreeSet<u16>>,
 }
@@ -116,11 +117,10 @@ impl Shared {
             None => (None, None),
         };
         Shared {
-            cat: Mutex::new(Catalog::with_determinism(
-                &cfg.sa_password,
-                cfg.seed,
-                cfg.clock_ms,
-            )),
+            cat: Mutex::new(Catalog {
+                directory: cfg.entra_directory.clone(),
+                ..Catalog::with_determinism(&cfg.sa_password, cfg.seed, cfg.clock_ms)
+            }),
             sessions: Mutex::new(BTreeMap::new()),
             identity: cfg.identity.clone(),
             tls_config,
@@ -132,6 +132,7 @@ impl Shared {
             sa_password: cfg.sa_password.clone(),
             seed: cfg.seed,
             clock_ms: cfg.clock_ms,
+            directory: cfg.entra_directory.clone(),
             fedauth_key: cfg.fedauth_hs256_key.clone(),
             spids: Mutex::new(Default::default()),
         }
@@ -267,7 +268,10 @@ impl Shared {
         for s in lock(&self.sessions).values() {
             s.kill.notify_one();
         }
-        *self.catalog() = Catalog::with_determinism(&self.sa_password, self.seed, self.clock_ms);
+        *self.catalog() = Catalog {
+            directory: self.directory.clone(),
+            ..Catalog::with_determinism(&self.sa_password, self.seed, self.clock_ms)
+        };
         *lock(&self.counters) = Counters::default();
         *lock(&self.faults) = FaultState::default();
     }

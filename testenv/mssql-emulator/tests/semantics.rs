@@ -1329,3 +1329,56 @@ async fn non_unicode_literals_lose_characters() {
         .await
         .expect("the password the server actually stored");
 }
+
+/// `FROM EXTERNAL PROVIDER` resolves names in the configured stub directory (users and apps
+/// type E, groups type X); an unknown name is 33134. Needs the emulator's directory.
+#[tokio::test]
+async fn external_principals_resolve_through_the_stub_directory() {
+    use mssql_emulator::catalog::EntraPrincipal;
+    let directory = vec![
+        EntraPrincipal {
+            name: "alice@contoso.com".into(),
+            object_id: "11111111-2222-3333-4444-555555555555".into(),
+            group: false,
+        },
+        EntraPrincipal {
+            name: "dba-group".into(),
+            object_id: "66666666-7777-8888-9999-000000000000".into(),
+            group: true,
+        },
+    ];
+    let emu = Emulator::start(Config {
+        entra_directory: directory,
+        ..Config::default()
+    })
+    .await
+    .expect("start");
+    let base = tiberius::Config::from_ado_string(&emu.ado_string("sa", mssql_emulator::DEFAULT_SA_PASSWORD))
+        .expect("ado");
+    let mut c = connect(base).await.expect("connect");
+    ok(&mut c, "CREATE LOGIN [alice@contoso.com] FROM EXTERNAL PROVIDER; CREATE LOGIN [dba-group] FROM EXTERNAL PROVIDER").await;
+    let rows = ok(&mut c, "SELECT type FROM sys.server_principals WHERE name IN ('alice@contoso.com', 'dba-group') ORDER BY name").await;
+    let types: Vec<&str> = rows[0].iter().filter_map(|r| r.get::<&str, _>(0)).collect();
+    assert_eq!(types, vec!["E", "X"]);
+    let e = err(
+        &mut c,
+        "CREATE LOGIN [nobody@contoso.com] FROM EXTERNAL PROVIDER",
+        33134,
+    )
+    .await;
+    assert_eq!(e.state(), 72);
+    ok(
+        &mut c,
+        "CREATE DATABASE dx; USE dx; CREATE USER [dba-group] FROM EXTERNAL PROVIDER",
+    )
+    .await;
+    assert_eq!(
+        text(
+            &mut c,
+            "SELECT type_desc FROM sys.database_principals WHERE name = 'dba-group'"
+        )
+        .await
+        .as_deref(),
+        Some("EXTERNAL_GROUP")
+    );
+}
