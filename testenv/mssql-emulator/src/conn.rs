@@ -664,9 +664,28 @@ async fn request_loop(shared: &Arc<Shared>, wire: &mut Wire, sess: &mut Session)
             }
             ptype::RPC => {
                 shared.count(|c| c.rpcs += 1);
-                let req = tds::parse_rpc(&mut r)?;
-                tracing::debug!(spid = sess.spid, proc = ?req.proc, params = req.params.len(), "rpc");
-                (run_rpc(shared, sess, req), true)
+                match tds::parse_rpc(&mut r) {
+                    Ok(req) => {
+                        tracing::debug!(spid = sess.spid, proc = ?req.proc, params = req.params.len(), "rpc");
+                        (run_rpc(shared, sess, req), true)
+                    }
+                    // Batched RPCs and parameter types outside the subset: an error, not a
+                    // dropped connection (spec A9 says reject them in v1).
+                    Err(e) => {
+                        let err = SqlError::unsupported(&e.0);
+                        shared.count_error(err.number);
+                        let out = vec![
+                            Out::Msg(err, 1),
+                            Out::Done {
+                                status: done::ERROR,
+                                curcmd: 0,
+                                count: 0,
+                                inproc: true,
+                            },
+                        ];
+                        (out, true)
+                    }
+                }
             }
             _ => {
                 shared.count(|c| c.tm_requests += 1);

@@ -481,3 +481,22 @@ async fn tds8_strict_encryption() {
         .expect("value");
     assert_eq!(big.len(), 9000, "a multi-packet response inside TDS 8.0 TLS");
 }
+
+/// An RPC the subset does not cover (here a parameter of type xml, 0xF1) gets error 50000 and
+/// DONEPROC(ERROR); the connection stays usable.
+#[tokio::test]
+async fn unsupported_rpc_is_an_error_not_a_dropped_connection() {
+    let emu = emulator(TlsMode::None).await;
+    let mut r = Raw::connect(emu.addr()).await;
+    r.handshake(2, "sa", SA, "").await;
+    let mut rpc = raw::batch("");
+    rpc.extend_from_slice(&[0xFF, 0xFF, 10, 0, 0, 0]);
+    rpc.extend_from_slice(&[0, 0, 0xF1, 0]);
+    r.send(0x03, 0, &rpc).await;
+    let m = r.recv().await.expect("reply");
+    let t = tokens(&m.payload);
+    assert!(matches!(&t[0], Tok::Error(50000, ..)), "{t:?}");
+    assert_eq!(dones(&t).last(), Some(&(0xFE, 0x0002)));
+    let m = r.batch("SELECT 1", 0).await;
+    assert_eq!(dones(&tokens(&m.payload)), vec![(0xFD, 0x10)]);
+}
