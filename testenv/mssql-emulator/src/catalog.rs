@@ -3,11 +3,11 @@
 //! B4, B5 and B7. The whole catalog is `Clone` so a transaction can snapshot it at BEGIN and
 //! restore it on ROLLBACK (B0.3), and `Serialize` for the admin JSON dump.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha512};
 
 /// A server principal: login or server role.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerPrincipal {
     /// principal_id.
     pub id: i32,
@@ -36,10 +36,10 @@ pub struct ServerPrincipal {
 }
 
 /// sys.sql_logins extras.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SqlLogin {
     /// `0x0200 ‖ salt ‖ SHA-512(UTF-16LE(pw) ‖ salt)`.
-    #[serde(serialize_with = "hex_bytes")]
+    #[serde(serialize_with = "hex_bytes", deserialize_with = "from_hex")]
     pub hash: Vec<u8>,
     /// is_policy_checked.
     pub policy: bool,
@@ -53,6 +53,16 @@ fn hex_bytes<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&to_hex(b))
 }
 
+fn from_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let s = String::deserialize(d)?;
+    let h = s.trim_start_matches("0x");
+    (0..h.len() / 2)
+        .map(|i| {
+            u8::from_str_radix(h.get(i * 2..i * 2 + 2).unwrap_or("zz"), 16).map_err(serde::de::Error::custom)
+        })
+        .collect()
+}
+
 /// `0x…` upper-case hex.
 pub fn to_hex(b: &[u8]) -> String {
     let mut s = String::from("0x");
@@ -63,7 +73,7 @@ pub fn to_hex(b: &[u8]) -> String {
 }
 
 /// A permission row (sys.server_permissions / sys.database_permissions).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Perm {
     /// class.
     pub class: u8,
@@ -82,7 +92,7 @@ pub struct Perm {
 }
 
 /// A database principal: user or role.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DbPrincipal {
     /// principal_id.
     pub id: i32,
@@ -107,7 +117,7 @@ pub struct DbPrincipal {
 }
 
 /// A schema.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Schema {
     /// schema_id.
     pub id: i32,
@@ -118,7 +128,7 @@ pub struct Schema {
 }
 
 /// A database.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Database {
     /// database_id.
     pub id: i32,
@@ -312,7 +322,7 @@ pub fn permission_name(code: &str, server: bool) -> &'static str {
 }
 
 /// Server-wide state.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Catalog {
     /// Logins and server roles.
     pub server_principals: Vec<ServerPrincipal>,

@@ -86,6 +86,9 @@ pub struct Config {
     pub clock_ms: Option<i64>,
     /// Stub Entra directory for `FROM EXTERNAL PROVIDER` without `WITH OBJECT_ID`.
     pub entra_directory: Vec<catalog::EntraPrincipal>,
+    /// Catalog snapshot file: loaded at start when it exists, written by
+    /// [`Emulator::shutdown`].
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -101,6 +104,7 @@ impl Default for Config {
             seed: None,
             clock_ms: None,
             entra_directory: Vec::new(),
+            state_file: None,
         }
     }
 }
@@ -114,6 +118,9 @@ pub enum StartError {
     /// Certificate or TLS setup failed.
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// The state file could not be read.
+    #[error("state file {0}: {1}")]
+    State(PathBuf, String),
     /// Only loopback addresses are allowed.
     #[error("refusing to listen on non-loopback address {0}")]
     NotLoopback(SocketAddr),
@@ -126,6 +133,7 @@ pub struct Emulator {
     shared: Arc<server::Shared>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    state_file: Option<PathBuf>,
 }
 
 impl Emulator {
@@ -143,6 +151,20 @@ impl Emulator {
             )?),
         };
         let shared = Arc::new(server::Shared::new(&config, tls));
+        if let Some(path) = config.state_file.as_ref().filter(|p| p.exists()) {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| StartError::State(path.clone(), e.to_string()))?;
+            let loaded: catalog::Catalog =
+                serde_json::from_str(&text).map_err(|e| StartError::State(path.clone(), e.to_string()))?;
+            let mut cat = shared.catalog();
+            let keep = (cat.rng, cat.clock, std::mem::take(&mut cat.directory));
+            *cat = catalog::Catalog {
+                rng: keep.0,
+                clock: keep.1,
+                directory: keep.2,
+                ..loaded
+            };
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Bind(config.listen, e))?;
@@ -183,6 +205,7 @@ impl Emulator {
             shared,
             stop,
             tasks,
+            state_file: config.state_file.clone(),
         })
     }
 
@@ -228,12 +251,28 @@ impl Emulator {
         self.shared.reset();
     }
 
-    /// Stops listening and closes every connection.
+    /// Stops listening, closes every connection, and writes the state file if one is
+    /// configured (a failure to write it is logged).
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
+        if let Err(e) = self.save_state() {
+            tracing::warn!("cannot write the state file: {e}");
+        }
+    }
+
+    /// Writes the catalog to the configured state file now (no-op without one).
+    pub fn save_state(&self) -> std::io::Result<()> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let json = serde_json::to_string_pretty(&*self.shared.catalog()).map_err(std::io::Error::other)?;
+        // Write then rename, so a crash never leaves half a file.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, path)
     }
 }
 

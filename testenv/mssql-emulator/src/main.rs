@@ -39,6 +39,9 @@ struct Args {
     /// Seed for SIDs, salts and NEWID() (deterministic catalogs).
     #[arg(long)]
     seed: Option<u64>,
+    /// Catalog snapshot: loaded at start if it exists, written on Ctrl-C.
+    #[arg(long)]
+    state: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -67,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
         seed: args.seed,
         clock_ms: None,
         entra_directory: Vec::new(),
+        state_file: args.state,
     };
     let emu = Emulator::start(cfg).await?;
     // One machine-readable line so scripts can find both ports.

@@ -361,3 +361,35 @@ async fn seeded_emulators_produce_identical_catalogs() {
         "salts differ without a seed"
     );
 }
+
+/// The optional state file: written on shutdown, loaded on the next start (logins keep their
+/// password hashes, databases their principals).
+#[tokio::test]
+async fn state_file_survives_a_restart() {
+    let mut b = [0u8; 8];
+    mssql_emulator::catalog::random_bytes(&mut b);
+    let path = std::env::temp_dir().join(format!(
+        "mssql-emulator-state-{}.json",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    ));
+    let cfg = || Config {
+        state_file: Some(path.clone()),
+        ..Config::default()
+    };
+    let emu = Emulator::start(cfg()).await.expect("start");
+    let base = tiberius::Config::from_ado_string(&emu.ado_string("sa", mssql_emulator::DEFAULT_SA_PASSWORD))
+        .expect("ado");
+    let mut c = connect(base).await.expect("connect");
+    ok(&mut c, &format!("CREATE LOGIN keep WITH PASSWORD = '{PW}'; CREATE DATABASE keepdb; USE keepdb; CREATE USER keep FOR LOGIN keep")).await;
+    drop(c);
+    emu.shutdown().await;
+    let emu = Emulator::start(cfg()).await.expect("restart");
+    let base = tiberius::Config::from_ado_string(&emu.ado_string("keep", PW)).expect("ado");
+    let mut k = connect(base)
+        .await
+        .expect("the saved login works after the restart");
+    ok(&mut k, "USE keepdb").await;
+    assert_eq!(text(&mut k, "SELECT USER_NAME()").await.as_deref(), Some("keep"));
+    emu.shutdown().await;
+    std::fs::remove_file(&path).expect("remove state file");
+}
