@@ -17,6 +17,8 @@ use std::time::Duration;
 
 /// python-tds release the fidelity script is written against.
 const PYTDS_VERSION: &str = "1.17.1";
+/// pyOpenSSL release for pytds's TLS cases.
+const PYOPENSSL_VERSION: &str = "26.4.0";
 /// go-mssqldb release pinned in `clients/go-mssqldb/go.mod`.
 const GO_MSSQLDB_VERSION: &str = "1.11.2";
 /// Password of `sa` in the emulator processes this step starts.
@@ -79,7 +81,15 @@ pub fn fidelity_clients() -> Result<()> {
                     .env("MSSQL_PORT", emu.port.to_string())
                     .env("MSSQL_USER", "sa")
                     .env("MSSQL_PASSWORD", SA_PASSWORD);
-                let r = run(&format!("emulator-clients: {name}"), &mut cmd);
+                // The certificate, for clients that verify it (pytds's TLS cases).
+                let cafile = cache_dir()?
+                    .join("clients")
+                    .join(format!("emulator-cert-{}.pem", emu.port));
+                let r = emu.save_cert(&cafile).and_then(|()| {
+                    cmd.env("MSSQL_CAFILE", &cafile);
+                    run(&format!("emulator-clients: {name}"), &mut cmd)
+                });
+                let _ = std::fs::remove_file(&cafile);
                 emu.stop();
                 r
             }
@@ -195,6 +205,7 @@ fn ensure_tsql() -> Result<PathBuf> {
 struct EmulatorProcess {
     child: Child,
     port: u16,
+    admin: String,
 }
 
 impl EmulatorProcess {
@@ -238,7 +249,28 @@ impl EmulatorProcess {
             .and_then(|a| a.rsplit(':').next())
             .and_then(|p| p.parse().ok())
             .context("emulator banner without a TDS port")?;
-        Ok(EmulatorProcess { child, port })
+        let admin = parsed["admin"]
+            .as_str()
+            .context("emulator banner without an admin address")?
+            .to_string();
+        Ok(EmulatorProcess { child, port, admin })
+    }
+
+    /// Fetches the server certificate (PEM) from the admin interface into `path`.
+    fn save_cert(&self, path: &Path) -> Result<()> {
+        use std::io::{Read, Write};
+        let mut s =
+            std::net::TcpStream::connect(&self.admin).with_context(|| format!("admin {}", self.admin))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.write_all(b"GET /cert HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
+        if !body.contains("BEGIN CERTIFICATE") {
+            bail!("GET /cert did not return a certificate: {resp:?}");
+        }
+        std::fs::write(path, body)?;
+        Ok(())
     }
 
     fn stop(mut self) {

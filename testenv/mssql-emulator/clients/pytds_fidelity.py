@@ -2,9 +2,10 @@
 pure-Python TDS client. Each case names the spec C2 case it covers. A disagreement between
 this client and the emulator is an emulator bug until shown otherwise.
 
-Environment: MSSQL_HOST, MSSQL_PORT, MSSQL_USER, MSSQL_PASSWORD (a sysadmin login). Object
-names carry MSSQL_SUFFIX (default: a random one) so the script can also run against a real
-server. Exit status 0 only if every case passed.
+Environment: MSSQL_HOST, MSSQL_PORT, MSSQL_USER, MSSQL_PASSWORD (a sysadmin login);
+MSSQL_CAFILE (the server certificate, PEM) turns on the TLS cases (pytds needs pyOpenSSL for
+them). Object names carry MSSQL_SUFFIX (default: a random one) so the script can also run
+against a real server. Exit status 0 only if every case passed.
 """
 
 import os
@@ -83,6 +84,23 @@ def c01_plaintext_login_and_select_1():
         assert scalar(c, "SELECT 1") == 1
         assert scalar(c, "SELECT @@SPID") >= 51
         assert scalar(c, "SELECT DB_NAME()") == "master"
+
+
+@case
+def c02_c03_tls_full_and_login_only():
+    # pytds with cafile asks for encryption (ENCRYPTION=1 → full TLS); with enc_login_only it
+    # sends OFF and encrypts only the LOGIN7. Its TLS is OpenSSL, reading handshake flights
+    # from PRELOGIN packets up to EOM.
+    cafile = os.environ.get("MSSQL_CAFILE")
+    if not cafile:
+        print("skip pytds c02_c03_tls_full_and_login_only: MSSQL_CAFILE not set")
+        return
+    for login_only in (False, True):
+        with pytds.connect(server=HOST, port=PORT, user=USER, password=PASSWORD, cafile=cafile,
+                           validate_host=False, enc_login_only=login_only, autocommit=True,
+                           login_timeout=15, timeout=30) as c:
+            assert scalar(c, "SELECT 1") == 1, login_only
+            assert scalar(c, "SELECT REPLICATE(CAST(N'q' AS nvarchar(max)), 9000)") == "q" * 9000
 
 
 @case

@@ -10,6 +10,7 @@
 //! | `POST /faults` | body [`crate::FaultRequest`]; absent fields are unchanged |
 //! | `POST /reset` | fresh catalog, zero counters, no faults, sessions closed |
 //! | `GET /errors` | the message table |
+//! | `GET /cert` | the server certificate (PEM), 404 with `--tls none` |
 
 use crate::server::{FaultRequest, Shared};
 use axum::Router;
@@ -33,7 +34,19 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let s4 = shared.clone();
     let s5 = shared.clone();
     let s6 = shared.clone();
+    let s7 = shared.clone();
     Router::new()
+        .route(
+            "/cert",
+            get(move || async move {
+                match &s7.cert_pem {
+                    Some(p) => {
+                        ([(header::CONTENT_TYPE, "application/x-pem-file")], p.clone()).into_response()
+                    }
+                    None => (StatusCode::NOT_FOUND, "TLS is off (--tls none)").into_response(),
+                }
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/counters", get(move || async move { json(&s1.counters()) }))
         .route("/catalog", get(move || async move { json(&s2.catalog_json()) }))

@@ -214,6 +214,12 @@ impl Emulator {
         self.addr
     }
 
+    /// The server certificate as PEM (None with `TlsMode::None`), for clients that verify it
+    /// (`tiberius::Config::trust_cert_ca`, pytds `cafile`).
+    pub fn cert_pem(&self) -> Option<String> {
+        self.shared.cert_pem.clone()
+    }
+
     /// The admin HTTP address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr

@@ -86,6 +86,8 @@ pub struct Shared {
     pub identity: Identity,
     pub(crate) tls_config: Option<Arc<rustls::ServerConfig>>,
     pub(crate) strict_tls_config: Option<Arc<rustls::ServerConfig>>,
+    /// PEM of the server certificate, when TLS is on.
+    pub cert_pem: Option<String>,
     tls_mode: TlsMode,
     counters: Mutex<Counters>,
     faults: Mutex<FaultState>,
@@ -108,13 +110,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(
-        cfg: &Config,
-        tls: Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>,
-    ) -> Shared {
-        let (tls_config, strict_tls_config) = match tls {
-            Some((a, b)) => (Some(a), Some(b)),
-            None => (None, None),
+    pub(crate) fn new(cfg: &Config, tls: Option<TlsSetup>) -> Shared {
+        let (tls_config, strict_tls_config, cert_pem) = match tls {
+            Some(t) => (Some(t.inband), Some(t.strict), Some(t.cert_pem)),
+            None => (None, None, None),
         };
         Shared {
             cat: Mutex::new(Catalog {
@@ -125,6 +124,7 @@ impl Shared {
             identity: cfg.identity.clone(),
             tls_config,
             strict_tls_config,
+            cert_pem,
             tls_mode: cfg.tls,
             counters: Mutex::new(Counters::default()),
             faults: Mutex::new(FaultState::default()),
@@ -291,15 +291,26 @@ impl Shared {
     }
 }
 
+/// The server's TLS material.
+pub struct TlsSetup {
+    /// TLS 1.2 config for the handshake inside PRELOGIN.
+    pub inband: Arc<rustls::ServerConfig>,
+    /// TLS 1.2/1.3 config for TDS 8.0 strict.
+    pub strict: Arc<rustls::ServerConfig>,
+    /// The certificate chain as PEM (served at `GET /cert` so clients can trust it).
+    pub cert_pem: String,
+}
+
 /// Builds the rustls server configs: TLS 1.2 only for the handshake inside PRELOGIN (spec
 /// A4.6), and TLS 1.2/1.3 with ALPN `tds/8.0` and no session tickets for TDS 8.0 strict.
-pub fn tls_config(
-    cert: Option<(&std::path::Path, &std::path::Path)>,
-) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>), crate::StartError> {
+pub fn tls_config(cert: Option<(&std::path::Path, &std::path::Path)>) -> Result<TlsSetup, crate::StartError> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let tls_err = |e: &dyn std::fmt::Display| crate::StartError::Tls(e.to_string());
+    let pem: String;
     let (certs, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) = match cert {
         Some((c, k)) => {
+            pem = std::fs::read_to_string(c)
+                .map_err(|e| crate::StartError::Tls(format!("{}: {e}", c.display())))?;
             let certs = CertificateDer::pem_file_iter(c)
                 .map_err(|e| crate::StartError::Tls(format!("{}: {e}", c.display())))?
                 .collect::<Result<Vec<_>, _>>()
@@ -313,6 +324,7 @@ pub fn tls_config(
                 rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
                     .map_err(|e| tls_err(&e))?;
             let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).map_err(|e| tls_err(&e))?;
+            pem = ck.cert.pem();
             (vec![ck.cert.der().clone()], key)
         }
     };
@@ -331,5 +343,9 @@ pub fn tls_config(
         .map_err(|e| tls_err(&e))?;
     strict.alpn_protocols = vec![b"tds/8.0".to_vec()];
     strict.send_tls13_tickets = 0;
-    Ok((Arc::new(inband), Arc::new(strict)))
+    Ok(TlsSetup {
+        inband: Arc::new(inband),
+        strict: Arc::new(strict),
+        cert_pem: pem,
+    })
 }

@@ -500,3 +500,29 @@ async fn unsupported_rpc_is_an_error_not_a_dropped_connection() {
     let m = r.batch("SELECT 1", 0).await;
     assert_eq!(dones(&tokens(&m.payload)), vec![(0xFD, 0x10)]);
 }
+
+/// The generated certificate verifies for real (SANs localhost and 127.0.0.1) when a client
+/// trusts it as a CA instead of skipping validation; `Emulator::cert_pem` and `GET /cert` serve it.
+#[tokio::test]
+async fn generated_certificate_verifies_with_trust_cert_ca() {
+    let emu = emulator(TlsMode::Required).await;
+    let pem = emu.cert_pem().expect("TLS is on");
+    let mut b = [0u8; 8];
+    mssql_emulator::catalog::random_bytes(&mut b);
+    let path = std::env::temp_dir().join(format!(
+        "emu-ca-{}.pem",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    ));
+    std::fs::write(&path, &pem).expect("write CA file");
+    for host in ["localhost", "127.0.0.1"] {
+        let mut cfg = tiberius::Config::new();
+        cfg.host(host);
+        cfg.port(emu.addr().port());
+        cfg.authentication(tiberius::AuthMethod::sql_server("sa", SA));
+        cfg.encryption(EncryptionLevel::Required);
+        cfg.trust_cert_ca(path.to_string_lossy());
+        let mut c = connect(cfg).await.unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert_eq!(int(&mut c, "SELECT 1").await, Some(1));
+    }
+    std::fs::remove_file(&path).expect("remove CA file");
+}
