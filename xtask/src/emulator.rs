@@ -114,15 +114,15 @@ fn target_dir() -> PathBuf {
     }
 }
 
-/// A venv with python-tds, under the tool cache, keyed by version.
+/// A venv with python-tds and pyOpenSSL (its TLS), under the tool cache, keyed by versions.
 pub(crate) fn ensure_pytds() -> Result<PathBuf> {
-    let venv = cache_dir()?
-        .join("clients")
-        .join(format!("python-tds-{PYTDS_VERSION}"));
+    let venv = cache_dir()?.join("clients").join(format!(
+        "python-tds-{PYTDS_VERSION}-pyopenssl-{PYOPENSSL_VERSION}"
+    ));
     let python = venv.join("bin").join("python");
     let works = |p: &Path| {
         Command::new(p)
-            .args(["-c", "import pytds"])
+            .args(["-c", "import pytds, OpenSSL"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -136,16 +136,17 @@ pub(crate) fn ensure_pytds() -> Result<PathBuf> {
         Command::new("python3").args(["-m", "venv"]).arg(&venv),
     )?;
     run(
-        &format!("install python-tds {PYTDS_VERSION}"),
+        &format!("install python-tds {PYTDS_VERSION} and pyOpenSSL {PYOPENSSL_VERSION}"),
         Command::new(venv.join("bin").join("pip")).args([
             "install",
             "--quiet",
             &format!("python-tds=={PYTDS_VERSION}"),
+            &format!("pyOpenSSL=={PYOPENSSL_VERSION}"),
         ]),
     )?;
     if !works(&python) {
         bail!(
-            "python-tds installed into {} but `import pytds` fails",
+            "python-tds installed into {} but `import pytds, OpenSSL` fails",
             venv.display()
         );
     }
