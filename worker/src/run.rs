@@ -269,6 +269,14 @@ fn dispatch(
         if items.is_empty() {
             drop(permit);
         } else {
+            // Each sweep also lets go of connections to databases nothing lives in any more.
+            let needed: std::collections::HashSet<String> = store
+                .state()
+                .iter()
+                .filter_map(|w| w.spec.database.clone())
+                .collect();
+            let pool = reconciler.pool.clone();
+            tokio::spawn(async move { pool.retain(&needed).await });
             spawn_batch(items, reconciler.clone(), done.clone(), permit);
         }
     }

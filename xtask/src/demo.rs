@@ -61,7 +61,7 @@ pub fn run(down: bool) -> Result<()> {
     match show(&session) {
         Ok(()) => {
             eprintln!(
-                "\nDemo up in {:.0?}. It keeps running; nothing else of ours runs in the background.",
+                "\nDemo up in {:.0?}. The environment and the emulator keep running until `cargo xtask demo --down`.",
                 started.elapsed()
             );
             // The Session's emulator handle is dropped here without stopping the process.

@@ -121,6 +121,34 @@ impl SqlPool {
         }
     }
 
+    /// Closes cached connections to databases none of the worker's objects live in any more.
+    /// An idle session of ours would make `DROP DATABASE` fail with 3702 for whoever drops a
+    /// database we stopped managing (an orphaned or imported one).
+    pub async fn retain(&self, databases: &std::collections::HashSet<String>) {
+        let unused: Vec<(String, Slot)> = {
+            let slots = match self.slots.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            slots
+                .iter()
+                .filter_map(|(key, slot)| match key {
+                    Some(db) if !databases.contains(db) => Some((db.clone(), slot.clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        for (database, slot) in unused {
+            // A slot in use right now belongs to work on that database: leave it.
+            let Ok(mut guard) = slot.try_lock() else { continue };
+            if let Some(conn) = guard.take() {
+                self.metrics.open_connections.dec();
+                tracing::debug!(%database, "closing the connection to a database with no objects left");
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
+            }
+        }
+    }
+
     /// Runs a read (observe) batch with parameters; returns every result set. Retried once
     /// on a fresh connection when the cached one turns out broken or the login is refused.
     pub async fn query(
