@@ -526,3 +526,28 @@ async fn generated_certificate_verifies_with_trust_cert_ca() {
     }
     std::fs::remove_file(&path).expect("remove CA file");
 }
+
+/// Literal types on the wire: 'x' is varchar (0xA7), N'x' nvarchar (0xE7), 1 int NOT NULL (0x38).
+#[tokio::test]
+async fn literal_column_types() {
+    let emu = emulator(TlsMode::None).await;
+    let mut r = Raw::connect(emu.addr()).await;
+    r.handshake(2, "sa", SA, "").await;
+    let t = tokens(&r.batch("SELECT 'ab', N'ab', 1", 0).await.payload);
+    assert_eq!(
+        t[0],
+        Tok::Cols(vec![
+            (0xA7, String::new()),
+            (0xE7, String::new()),
+            (0x38, String::new())
+        ])
+    );
+    assert_eq!(
+        t[1],
+        Tok::Row(vec![
+            Some(b"ab".to_vec()),
+            Some(vec![b'a', 0, b'b', 0]),
+            Some(vec![1, 0, 0, 0])
+        ])
+    );
+}

@@ -422,7 +422,18 @@ impl Exec<'_> {
     ) -> (SqlType, bool) {
         match x {
             Expr::Int(_) => (SqlType::Int, false),
-            // Literals come back as nvarchar whether or not they had the N prefix.
+            // 'x' is varchar(n), N'x' nvarchar(n); both max when longer than a page allows.
+            Expr::VarStr(t) => {
+                let n = t.chars().count();
+                (
+                    if n > 8000 {
+                        SqlType::NVarCharMax
+                    } else {
+                        SqlType::VarChar(n.max(1) as u16)
+                    },
+                    false,
+                )
+            }
             Expr::Str(t) => {
                 let n = t.encode_utf16().count();
                 (
@@ -844,7 +855,7 @@ impl Exec<'_> {
         Ok(match x {
             Expr::Null | Expr::Star => Value::Null,
             Expr::Int(i) => int(*i),
-            Expr::Str(t) => s(t),
+            Expr::Str(t) | Expr::VarStr(t) => s(t),
             Expr::Bin(b) => Value::Bin(b.clone()),
             Expr::Var(v) => self.get_var(v)?.1,
             Expr::Global(g) => self.global(g)?,

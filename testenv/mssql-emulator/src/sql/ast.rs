@@ -7,8 +7,10 @@ pub enum Expr {
     Null,
     /// Integer literal.
     Int(i64),
-    /// String literal (`N'…'` or `'…'`).
+    /// Unicode string literal (`N'…'`).
     Str(String),
+    /// Non-Unicode string literal (`'…'`, already reduced to code page 1252): varchar.
+    VarStr(String),
     /// Binary literal `0x…`.
     Bin(Vec<u8>),
     /// `@v`.

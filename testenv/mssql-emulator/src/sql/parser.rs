@@ -1481,9 +1481,13 @@ impl Parser {
                 self.pos += 1;
                 Ok(Expr::Str(n))
             }
-            Tok::Str(s, _) => {
+            Tok::Str(s, true) => {
                 self.pos += 1;
                 Ok(Expr::Str(s))
+            }
+            Tok::Str(s, false) => {
+                self.pos += 1;
+                Ok(Expr::VarStr(s))
             }
             Tok::Bin(b) => {
                 self.pos += 1;
