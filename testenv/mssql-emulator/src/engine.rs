@@ -211,6 +211,10 @@ pub struct Exec<'a> {
     pub delay_ms: u64,
     vars: Vec<HashMap<String, (SqlType, Value)>>,
     depth: usize,
+    /// @@ROWCOUNT: rows of the last statement.
+    pub(crate) last_rowcount: i64,
+    /// @@ERROR: number of the last statement's error, 0 after a success.
+    pub(crate) last_error: i64,
     next_descriptor: &'a std::sync::atomic::AtomicU64,
 }
 
@@ -257,6 +261,8 @@ impl<'a> Exec<'a> {
             delay_ms: 0,
             vars: vec![HashMap::new()],
             depth: 0,
+            last_rowcount: 0,
+            last_error: 0,
             next_descriptor,
         }
     }
@@ -440,6 +446,20 @@ impl<'a> Exec<'a> {
         {
             let after = self.cat.clone();
             self.sess.journal.push((b, after));
+        }
+        // @@ROWCOUNT and @@ERROR follow leaf statements (SELECT sets its own row count).
+        let leaf = !matches!(
+            st.kind,
+            StmtKind::Block(_) | StmtKind::If(..) | StmtKind::Declare(_)
+        );
+        if leaf {
+            if !matches!(st.kind, StmtKind::Select(_)) || result.is_err() {
+                self.last_rowcount = 0;
+            }
+            self.last_error = match &result {
+                Err(Fail::Err(errs)) => errs.first().map(|x| x.number as i64).unwrap_or(0),
+                _ => 0,
+            };
         }
         match result {
             Ok(()) => Ok(true),

@@ -551,3 +551,35 @@ async fn literal_column_types() {
         ])
     );
 }
+
+/// @@ROWCOUNT and @@ERROR describe the previous statement, as scripts that test them expect.
+#[tokio::test]
+async fn rowcount_and_error_globals() {
+    let emu = emulator(TlsMode::None).await;
+    let mut r = Raw::connect(emu.addr()).await;
+    r.handshake(2, "sa", SA, "").await;
+    let t = tokens(
+        &r.batch("SELECT name FROM sys.databases; SELECT @@ROWCOUNT", 0)
+            .await
+            .payload,
+    );
+    let rows: Vec<&Tok> = t.iter().filter(|x| matches!(x, Tok::Row(_))).collect();
+    assert_eq!(
+        rows.last(),
+        Some(&&Tok::Row(vec![Some(4i32.to_le_bytes().to_vec())])),
+        "four system databases"
+    );
+    let t = tokens(
+        &r.batch("DROP DATABASE nope; SELECT @@ERROR; SELECT @@ERROR", 0)
+            .await
+            .payload,
+    );
+    let rows: Vec<&Tok> = t.iter().filter(|x| matches!(x, Tok::Row(_))).collect();
+    assert_eq!(
+        rows,
+        vec![
+            &Tok::Row(vec![Some(3701i32.to_le_bytes().to_vec())]),
+            &Tok::Row(vec![Some(0i32.to_le_bytes().to_vec())])
+        ]
+    );
+}

@@ -148,6 +148,7 @@ impl Exec<'_> {
         let assigns = sel.items.iter().any(|i| matches!(i, SelectItem::Assign(..)));
         let (cols, rows) = self.run_select(sel)?;
         if assigns {
+            self.last_rowcount = rows.len() as i64;
             // SELECT @v = … assigns from the last row and returns no result set.
             if let Some(last) = rows.last() {
                 let targets: Vec<String> = sel
@@ -168,6 +169,7 @@ impl Exec<'_> {
             return Ok(());
         }
         let n = rows.len() as u64;
+        self.last_rowcount = n as i64;
         self.out.push(Out::Rows(cols, rows));
         let status = if self.sess.nocount {
             0
@@ -985,7 +987,8 @@ impl Exec<'_> {
             "@@SERVERNAME" => s(&self.ident.server_name),
             "@@SERVICENAME" => s("MSSQLSERVER"),
             "@@LANGUAGE" => s("us_english"),
-            "@@ROWCOUNT" | "@@ERROR" => int(0),
+            "@@ROWCOUNT" => int(self.last_rowcount),
+            "@@ERROR" => int(self.last_error),
             "@@OPTIONS" => int(5496),
             "@@MAX_PRECISION" => int(38),
             "@@TEXTSIZE" => int(2147483647),
