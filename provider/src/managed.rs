@@ -246,33 +246,13 @@ async fn reconcile_inner<K: ManagedKind>(obj: &K, ctx: &Ctx) -> Result<Action, E
     let (identity, server) = match load_config(ctx, &namespace, request.config()).await {
         Ok(found) => found,
         Err(message) => {
-            let synced = status::Cond {
-                status: "False",
-                reason: reason::RECONCILE_ERROR,
-                message: format!("connect failed: {message}"),
-            };
             if deleting && !policies.delete {
                 // Orphaning needs no worker.
                 remove_finalizer(&api, obj).await?;
                 return Ok(Action::await_change());
             }
-            write_status(
-                &api,
-                obj,
-                &old_conditions,
-                &ready_or_unknown(&old_conditions),
-                &synced,
-                None,
-            )
-            .await?;
-            publish(
-                ctx,
-                obj,
-                EventType::Warning,
-                event::CANNOT_CONNECT,
-                &synced.message,
-            )
-            .await;
+            let message = format!("connect failed: {message}");
+            report_failure(ctx, &api, obj, &old_conditions, message, event::CANNOT_CONNECT).await?;
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
     };
@@ -281,17 +261,7 @@ async fn reconcile_inner<K: ManagedKind>(obj: &K, ctx: &Ctx) -> Result<Action, E
     let items: Api<WorkItem> = Api::namespaced(ctx.client.clone(), &worker_namespace);
 
     if deleting {
-        return delete(
-            ctx,
-            obj,
-            &api,
-            &items,
-            &request,
-            &policies,
-            &worker,
-            &old_conditions,
-        )
-        .await;
+        return delete(ctx, obj, &api, &items, &policies, &worker, &old_conditions).await;
     }
     ensure_usage(ctx, obj, request.config()).await?;
     ensure_initialized(&api, obj).await?;
@@ -300,28 +270,15 @@ async fn reconcile_inner<K: ManagedKind>(obj: &K, ctx: &Ctx) -> Result<Action, E
     let resolved = match resolve(ctx, obj, &namespace, &request, &status).await {
         Ok(resolved) => resolved,
         Err(message) => {
-            let synced = status::Cond {
-                status: "False",
-                reason: reason::RECONCILE_ERROR,
-                message,
-            };
-            write_status(
+            report_failure(
+                ctx,
                 &api,
                 obj,
                 &old_conditions,
-                &ready_or_unknown(&old_conditions),
-                &synced,
-                None,
+                message,
+                event::CANNOT_RESOLVE_REFERENCES,
             )
             .await?;
-            publish(
-                ctx,
-                obj,
-                EventType::Warning,
-                event::CANNOT_RESOLVE_REFERENCES,
-                &synced.message,
-            )
-            .await;
             return Ok(Action::requeue(Duration::from_secs(15)));
         }
     };
@@ -379,28 +336,7 @@ async fn reconcile_inner<K: ManagedKind>(obj: &K, ctx: &Ctx) -> Result<Action, E
             other.spec.resource_ref.namespace,
             other.spec.resource_ref.name
         );
-        let synced = status::Cond {
-            status: "False",
-            reason: reason::RECONCILE_ERROR,
-            message,
-        };
-        write_status(
-            &api,
-            obj,
-            &old_conditions,
-            &ready_or_unknown(&old_conditions),
-            &synced,
-            None,
-        )
-        .await?;
-        publish(
-            ctx,
-            obj,
-            EventType::Warning,
-            event::CANNOT_CREATE,
-            &synced.message,
-        )
-        .await;
+        report_failure(ctx, &api, obj, &old_conditions, message, event::CANNOT_CREATE).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
     forget_renamed_items(&items, &uid, &item_name).await?;
@@ -477,6 +413,26 @@ async fn reconcile_inner<K: ManagedKind>(obj: &K, ctx: &Ctx) -> Result<Action, E
     // Nothing to poll: the worker sweeps for drift and a WorkItem change wakes us. A long
     // resync covers missed watch events.
     Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+/// Reports a failed reconcile the Crossplane way: `Synced=False/ReconcileError` with the
+/// message, `Ready` as it was, and a Warning event (the recorder folds repeats into a series).
+async fn report_failure<K: ManagedKind>(
+    ctx: &Ctx,
+    api: &Api<K>,
+    obj: &K,
+    old: &[Condition],
+    message: String,
+    event_reason: &str,
+) -> Result<(), Error> {
+    let synced = status::Cond {
+        status: "False",
+        reason: reason::RECONCILE_ERROR,
+        message,
+    };
+    write_status(api, obj, old, &ready_or_unknown(old), &synced, None).await?;
+    publish(ctx, obj, EventType::Warning, event_reason, &synced.message).await;
+    Ok(())
 }
 
 fn ready_or_unknown(old: &[Condition]) -> status::Cond {
@@ -724,7 +680,6 @@ async fn delete<K: ManagedKind>(
     obj: &K,
     api: &Api<K>,
     items: &Api<WorkItem>,
-    request: &Unresolved,
     policies: &Policies,
     worker: &str,
     old_conditions: &[Condition],
@@ -798,7 +753,6 @@ async fn delete<K: ManagedKind>(
         )
         .await;
     }
-    let _ = request;
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
