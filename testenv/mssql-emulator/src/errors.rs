@@ -90,6 +90,7 @@ pub static MESSAGES: &[MessageDef] = &[
     m(6102, 14, 1, "User does not have permission to use the KILL statement."),
     m(6104, 16, 1, "Cannot use KILL to kill your own process."),
     u(6106, 16, 2, "Process ID %d is not an active process ID."),
+    m(8120, 16, 1, "Column '%.*ls' is invalid in the select list because it is not contained in either an aggregate function or the GROUP BY clause."),
     m(8134, 16, 1, "Divide by zero error encountered."),
     m(8178, 16, 1, "The parameterized query '%.*ls' expects the parameter '%.*ls', which was not supplied."),
     m(12824, 16, 1, "The sp_configure value 'contained database authentication' must be set to 1 in order to %S_MSG a contained database.  You may need to use RECONFIGURE to set the value_in_use."),

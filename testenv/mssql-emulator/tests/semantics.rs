@@ -1382,3 +1382,39 @@ async fn external_principals_resolve_through_the_stub_directory() {
         Some("EXTERNAL_GROUP")
     );
 }
+
+/// GROUP BY with HAVING and ORDER BY over catalog views; an ungrouped column is 8120.
+#[tokio::test]
+async fn group_by_over_catalog_views() {
+    let t = target().await;
+    let mut c = t.sa().await;
+    let d = t.n("dgrp");
+    ok(&mut c, &format!("CREATE DATABASE [{d}]; USE [{d}]; CREATE USER U WITHOUT LOGIN; CREATE USER V WITHOUT LOGIN; ALTER ROLE db_datareader ADD MEMBER U; ALTER ROLE db_datareader ADD MEMBER V")).await;
+    let rows = ok(
+        &mut c,
+        "SELECT r.name, COUNT(*) AS n FROM sys.database_role_members m JOIN sys.database_principals r ON r.principal_id = m.role_principal_id GROUP BY r.name HAVING COUNT(*) >= 1 ORDER BY n DESC, r.name",
+    )
+    .await;
+    let got: Vec<(String, Option<i64>)> = rows[0]
+        .iter()
+        .map(|r| {
+            (
+                r.get::<&str, _>(0).unwrap_or_default().to_string(),
+                cell_int(r, 1),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("db_datareader".to_string(), Some(2)),
+            ("db_owner".to_string(), Some(1))
+        ]
+    );
+    err(
+        &mut c,
+        "SELECT name, COUNT(*) FROM sys.schemas GROUP BY principal_id",
+        8120,
+    )
+    .await;
+}

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// One joined row: an index into each source's rows (None for a LEFT JOIN miss).
+type Combo = Vec<Option<usize>>;
+
 const AGGREGATES: &[&str] = &["COUNT", "MAX", "MIN", "SUM"];
 
 fn is_aggregate(x: &Expr) -> bool {
@@ -282,7 +285,64 @@ impl Exec<'_> {
         }
         let aggregate = items.iter().any(|(x, _)| is_aggregate(x));
         let mut rows: Vec<(Vec<Value>, Vec<Value>)> = Vec::new();
-        if aggregate {
+        if !sel.group_by.is_empty() || sel.having.is_some() {
+            // Every plain column of the select list must be grouped (8120 otherwise).
+            for (x, _) in &items {
+                if let Expr::Column(_, c) = x
+                    && !sel
+                        .group_by
+                        .iter()
+                        .any(|g| matches!(g, Expr::Column(_, gc) if ci_cmp(gc, c).is_eq()))
+                {
+                    return Err(e(8120, &[c]));
+                }
+            }
+            let mut groups: Vec<(Vec<Value>, Vec<Combo>)> = Vec::new();
+            for c in &combos {
+                let env = make_env(&srcs, c, outer);
+                let mut key = Vec::with_capacity(sel.group_by.len());
+                for g in &sel.group_by {
+                    key.push(self.eval(g, &env)?);
+                }
+                let same = |k: &Vec<Value>| {
+                    k.iter().zip(&key).all(|(a, b)| {
+                        (a.is_null() && b.is_null()) || compare(a, b).is_some_and(|o| o.is_eq())
+                    })
+                };
+                match groups.iter_mut().find(|g| same(&g.0)) {
+                    Some(g) => g.1.push(c.clone()),
+                    None => groups.push((key, vec![c.clone()])),
+                }
+            }
+            if sel.group_by.is_empty() && groups.is_empty() {
+                groups.push((vec![], vec![]));
+            }
+            for (_, members) in &groups {
+                let first = members.first().cloned().unwrap_or_default();
+                let env = if members.is_empty() {
+                    Env::default()
+                } else {
+                    make_env(&srcs, &first, outer)
+                };
+                if let Some(h) = &sel.having {
+                    let h = self.subst_aggregates(h, &srcs, members)?;
+                    if self.truth(&h, &env)? != Some(true) {
+                        continue;
+                    }
+                }
+                let mut row = Vec::with_capacity(items.len());
+                for (x, _) in &items {
+                    let x = self.subst_aggregates(x, &srcs, members)?;
+                    row.push(self.eval(&x, &env)?);
+                }
+                let mut keys = Vec::new();
+                for (ox, _) in &sel.order {
+                    let ox = self.subst_aggregates(ox, &srcs, members)?;
+                    keys.push(self.order_key(&ox, &items, &row, &env)?);
+                }
+                rows.push((row, keys));
+            }
+        } else if aggregate {
             let mut row = Vec::new();
             for (x, _) in &items {
                 row.push(self.aggregate(x, &srcs, &combos)?);
@@ -366,6 +426,35 @@ impl Exec<'_> {
             return Ok(row[i].clone());
         }
         self.eval(ox, env)
+    }
+
+    /// Replaces the aggregate calls in `x` by their values over `combos` (one group).
+    fn subst_aggregates(&mut self, x: &Expr, srcs: &[Src], combos: &[Vec<Option<usize>>]) -> R<Expr> {
+        let lit = |v: Value| match v {
+            Value::Null => Expr::Null,
+            Value::Int(i) => Expr::Int(i),
+            Value::Bit(b) => Expr::Int(b as i64),
+            Value::Bin(b) => Expr::Bin(b),
+            other => Expr::Str(other.as_text().unwrap_or_default()),
+        };
+        Ok(match x {
+            Expr::Call(..) if is_aggregate(x) => lit(self.aggregate(x, srcs, combos)?),
+            Expr::Bin2(a, op, b) => Expr::Bin2(
+                Box::new(self.subst_aggregates(a, srcs, combos)?),
+                op,
+                Box::new(self.subst_aggregates(b, srcs, combos)?),
+            ),
+            Expr::Unary(op, a) => Expr::Unary(op, Box::new(self.subst_aggregates(a, srcs, combos)?)),
+            Expr::Cast(a, t) => Expr::Cast(Box::new(self.subst_aggregates(a, srcs, combos)?), t.clone()),
+            Expr::Call(n, args) => {
+                let mut out = Vec::with_capacity(args.len());
+                for a in args {
+                    out.push(self.subst_aggregates(a, srcs, combos)?);
+                }
+                Expr::Call(n.clone(), out)
+            }
+            other => other.clone(),
+        })
     }
 
     fn aggregate(&mut self, x: &Expr, srcs: &[Src], combos: &[Vec<Option<usize>>]) -> R<Value> {

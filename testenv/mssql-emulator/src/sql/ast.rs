@@ -104,6 +104,10 @@ pub struct Select {
     pub joins: Vec<Join>,
     /// WHERE.
     pub filter: Option<Expr>,
+    /// GROUP BY expressions.
+    pub group_by: Vec<Expr>,
+    /// HAVING.
+    pub having: Option<Expr>,
     /// ORDER BY (expression, descending).
     pub order: Vec<(Expr, bool)>,
 }

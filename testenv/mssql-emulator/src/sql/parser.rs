@@ -1213,9 +1213,21 @@ impl Parser {
         } else {
             None
         };
-        if self.is_kw("GROUP") {
-            return Err(SqlError::unsupported("GROUP BY"));
+        let mut group_by = Vec::new();
+        if self.eat_kw("GROUP") {
+            self.expect_kw("BY")?;
+            loop {
+                group_by.push(self.expr()?);
+                if !self.eat_sym(",") {
+                    break;
+                }
+            }
         }
+        let having = if self.eat_kw("HAVING") {
+            Some(self.expr()?)
+        } else {
+            None
+        };
         let mut order = Vec::new();
         if self.eat_kw("ORDER") {
             self.expect_kw("BY")?;
@@ -1243,6 +1255,8 @@ impl Parser {
             from,
             joins,
             filter,
+            group_by,
+            having,
             order,
         })
     }
