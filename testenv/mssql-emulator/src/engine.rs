@@ -1625,13 +1625,33 @@ impl<'a> Exec<'a> {
                     }
                     None => return Err(e(15007, &[l])),
                 },
+                ("PASSWORD", OptVal::Text(p)) => {
+                    if u.password_hash.is_none() {
+                        return Err(Fail::from(SqlError::unsupported(
+                            "ALTER USER … WITH PASSWORD for a user without a password",
+                        )));
+                    }
+                    check_policy(name, p)?;
+                }
                 _ => {}
             }
         }
+        // A contained user's new password is hashed with the catalog's RNG (before the borrow).
+        let new_hash = match options.iter().find(|o| o.0 == "PASSWORD").map(|o| &o.1) {
+            Some(OptVal::Text(p)) => {
+                let mut salt = [0u8; 4];
+                self.cat.fill(&mut salt);
+                Some(hash_password(p, salt))
+            }
+            _ => None,
+        };
         let db = self.cur_db_mut()?;
         let Some(u) = db.principals.iter_mut().find(|p| p.id == uid) else {
             return Ok(());
         };
+        if new_hash.is_some() {
+            u.password_hash = new_hash;
+        }
         for (k, v) in options {
             match (k.as_str(), v) {
                 ("NAME", OptVal::Text(n)) => u.name = n.clone(),

@@ -1195,6 +1195,25 @@ async fn contained_user_login() {
         t.login(&u, PW, None).await.err().and_then(|e| e.code()),
         Some(18456)
     );
+    // ALTER USER … WITH PASSWORD changes a contained user's password (policy applies).
+    err(
+        &mut c,
+        &format!("ALTER USER [{u}] WITH PASSWORD = N'short'"),
+        33062,
+    )
+    .await;
+    ok(
+        &mut c,
+        &format!("ALTER USER [{u}] WITH PASSWORD = N'N3w!Passw0rd'"),
+    )
+    .await;
+    assert_eq!(
+        t.login(&u, PW, Some(&d)).await.err().and_then(|e| e.code()),
+        Some(18456)
+    );
+    t.login(&u, "N3w!Passw0rd", Some(&d))
+        .await
+        .expect("the new password works");
 }
 
 /// Catalog queries as providers write them: correlated subqueries work, and an unqualified
