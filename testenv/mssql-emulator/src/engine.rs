@@ -1196,6 +1196,18 @@ impl<'a> Exec<'a> {
                         SqlError::new(5069, &[]),
                     ]));
                 }
+                // Changing the collation needs the database to itself (other sessions → 5030).
+                let me = self.sess.spid;
+                if self
+                    .sessions()
+                    .iter()
+                    .any(|(spid, x)| *spid != me && x.db_id == id)
+                {
+                    return Err(Fail::Err(vec![
+                        SqlError::new(5030, &[]),
+                        SqlError::new(5072, &[&dbname, c]),
+                    ]));
+                }
                 self.db_mut_or(id)?.collation = c.clone();
             }
             AlterDbAction::ModifyName(n) => {

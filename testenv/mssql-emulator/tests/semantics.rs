@@ -1437,3 +1437,36 @@ async fn group_by_over_catalog_views() {
     )
     .await;
 }
+
+/// ALTER DATABASE … COLLATE needs the database to itself: with another session in it the
+/// server answers 5030 then 5072.
+#[tokio::test]
+async fn collate_needs_exclusive_access() {
+    let t = target().await;
+    let mut a = t.sa().await;
+    let mut b = t.sa().await;
+    let d = t.n("dcoll");
+    ok(&mut a, &format!("CREATE DATABASE [{d}]")).await;
+    ok(&mut b, &format!("USE [{d}]")).await;
+    err(
+        &mut a,
+        &format!("ALTER DATABASE [{d}] COLLATE Latin1_General_CS_AS"),
+        5030,
+    )
+    .await;
+    ok(&mut b, "USE master").await;
+    ok(
+        &mut a,
+        &format!("ALTER DATABASE [{d}] COLLATE Latin1_General_CS_AS"),
+    )
+    .await;
+    assert_eq!(
+        text(
+            &mut a,
+            &format!("SELECT collation_name FROM sys.databases WHERE name = '{d}'")
+        )
+        .await
+        .as_deref(),
+        Some("Latin1_General_CS_AS")
+    );
+}
