@@ -179,6 +179,8 @@ pub enum Fail {
     Err(Vec<SqlError>),
     /// The batch ends (the messages were already emitted).
     Abort,
+    /// An error inside BEGIN TRY: not sent; control goes to the CATCH block (with the line).
+    Caught(SqlError, u32),
 }
 
 impl From<SqlError> for Fail {
@@ -215,6 +217,10 @@ pub struct Exec<'a> {
     pub(crate) last_rowcount: i64,
     /// @@ERROR: number of the last statement's error, 0 after a success.
     pub(crate) last_error: i64,
+    /// Nesting of BEGIN TRY blocks being executed.
+    try_depth: usize,
+    /// Errors being handled by CATCH blocks (innermost last), for ERROR_NUMBER() and `THROW;`.
+    pub(crate) caught: Vec<(SqlError, u32)>,
     next_descriptor: &'a std::sync::atomic::AtomicU64,
 }
 
@@ -263,6 +269,8 @@ impl<'a> Exec<'a> {
             depth: 0,
             last_rowcount: 0,
             last_error: 0,
+            try_depth: 0,
+            caught: Vec::new(),
             next_descriptor,
         }
     }
@@ -450,7 +458,7 @@ impl<'a> Exec<'a> {
         // @@ROWCOUNT and @@ERROR follow leaf statements (SELECT sets its own row count).
         let leaf = !matches!(
             st.kind,
-            StmtKind::Block(_) | StmtKind::If(..) | StmtKind::Declare(_)
+            StmtKind::Block(_) | StmtKind::If(..) | StmtKind::Declare(_) | StmtKind::TryCatch(..)
         );
         if leaf {
             if !matches!(st.kind, StmtKind::Select(_)) || result.is_err() {
@@ -458,12 +466,23 @@ impl<'a> Exec<'a> {
             }
             self.last_error = match &result {
                 Err(Fail::Err(errs)) => errs.first().map(|x| x.number as i64).unwrap_or(0),
+                Err(Fail::Caught(x, _)) => x.number as i64,
                 _ => 0,
             };
         }
         match result {
             Ok(()) => Ok(true),
             Err(Fail::Abort) => Err(Fail::Abort),
+            Err(Fail::Caught(x, line)) => Err(Fail::Caught(x, line)),
+            // Inside TRY an error (severity 11–19) goes to CATCH instead of the client; the
+            // last message of a multi-message error is the one CATCH sees [U].
+            Err(Fail::Err(errs)) if self.try_depth > 0 && errs.iter().all(|x| x.level < 20) => {
+                let last = errs
+                    .last()
+                    .cloned()
+                    .unwrap_or_else(|| SqlError::unsupported("empty error"));
+                Err(Fail::Caught(last, st.line))
+            }
             Err(Fail::Err(errs)) => {
                 let abort = errs.iter().any(|x| x.level >= 20) || matches!(st.kind, StmtKind::Throw(_));
                 for err in errs {
@@ -618,10 +637,43 @@ impl<'a> Exec<'a> {
                 self.out.push(Out::Msg(msg, st.line));
                 Ok(())
             }
+            StmtKind::TryCatch(body, catch) => {
+                self.try_depth += 1;
+                let mut caught = None;
+                for x in body {
+                    match self.stmt(x, inproc) {
+                        Ok(_) => {}
+                        Err(Fail::Caught(err, line)) => {
+                            caught = Some((err, line));
+                            break;
+                        }
+                        Err(other) => {
+                            self.try_depth -= 1;
+                            return Err(other);
+                        }
+                    }
+                }
+                self.try_depth -= 1;
+                if let Some(c) = caught {
+                    self.caught.push(c);
+                    let mut r = Ok(());
+                    for x in catch {
+                        if let Err(f) = self.stmt(x, inproc) {
+                            r = Err(f);
+                            break;
+                        }
+                    }
+                    self.caught.pop();
+                    r?;
+                }
+                Ok(())
+            }
             StmtKind::Throw(args) => match args {
-                None => Err(Fail::from(SqlError::unsupported(
-                    "THROW without arguments outside CATCH",
-                ))),
+                // `THROW;` re-raises the error the enclosing CATCH block is handling.
+                None => match self.caught.last() {
+                    Some((err, _)) => Err(Fail::Err(vec![err.clone()])),
+                    None => Err(Fail::from(SqlError::new(10704, &[]))),
+                },
                 Some((n, m, s)) => {
                     let env = Env::default();
                     let number = self.eval(n, &env)?.as_int().unwrap_or(50000) as u32;
@@ -2313,6 +2365,7 @@ fn kind_name(k: &StmtKind) -> &'static str {
         StmtKind::Declare(_) => "DECLARE",
         StmtKind::If(..) => "IF",
         StmtKind::Block(_) => "BLOCK",
+        StmtKind::TryCatch(..) => "TRY",
         StmtKind::ExecDynamic(_) | StmtKind::ExecProc(..) => "EXEC",
         StmtKind::BeginTran | StmtKind::Commit | StmtKind::Rollback | StmtKind::SaveTran => "TRANSACTION",
         StmtKind::Kill(_) => "KILL",

@@ -95,6 +95,7 @@ pub static MESSAGES: &[MessageDef] = &[
     m(8120, 16, 1, "Column '%.*ls' is invalid in the select list because it is not contained in either an aggregate function or the GROUP BY clause."),
     m(8134, 16, 1, "Divide by zero error encountered."),
     m(8178, 16, 1, "The parameterized query '%.*ls' expects the parameter '%.*ls', which was not supplied."),
+    m(10704, 15, 1, "To rethrow an error, a THROW statement must be used inside a CATCH block. Insert the THROW statement inside a CATCH block, or add error parameters to the THROW statement."),
     m(12824, 16, 1, "The sp_configure value 'contained database authentication' must be set to 1 in order to %S_MSG a contained database.  You may need to use RECONFIGURE to set the value_in_use."),
     u(15006, 16, 1, "'%s' is not a valid name because it contains invalid characters."),
     m(15007, 16, 1, "'%s' is not a valid login or you do not have permission."),

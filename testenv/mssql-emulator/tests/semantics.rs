@@ -1470,3 +1470,59 @@ async fn collate_needs_exclusive_access() {
         Some("Latin1_General_CS_AS")
     );
 }
+
+/// TRY…CATCH (spec C1.5, v1.1): errors inside TRY go to CATCH with ERROR_*() describing them,
+/// `THROW;` re-raises, errors inside EXEC(…) are caught too, and compile errors are not.
+#[tokio::test]
+async fn try_catch() {
+    let t = target().await;
+    let mut c = t.sa().await;
+    let l = t.n("Ltry");
+    let rows = ok(
+        &mut c,
+        &format!("BEGIN TRY CREATE LOGIN [{l}] WITH PASSWORD = 'Ab1!' END TRY BEGIN CATCH SELECT ERROR_NUMBER(), ERROR_SEVERITY(), ERROR_STATE() END CATCH"),
+    )
+    .await;
+    let r = &rows[0][0];
+    assert_eq!(
+        (cell_int(r, 0), cell_int(r, 1), cell_int(r, 2)),
+        (Some(33062), Some(16), Some(2))
+    );
+    let rows = ok(
+        &mut c,
+        "BEGIN TRY DROP DATABASE nope_try; SELECT 1 AS x END TRY BEGIN CATCH SELECT 2 AS y END CATCH",
+    )
+    .await;
+    assert_eq!(rows.len(), 1, "the statement after the error did not run");
+    assert_eq!(cell_int(&rows[0][0], 0), Some(2));
+    let e = err(
+        &mut c,
+        "BEGIN TRY DROP DATABASE nope_try END TRY BEGIN CATCH THROW; END CATCH",
+        3701,
+    )
+    .await;
+    assert_eq!(e.class(), 11);
+    assert_eq!(
+        int(
+            &mut c,
+            "BEGIN TRY EXEC('CREATE SCHEMA dbo') END TRY BEGIN CATCH SELECT ERROR_NUMBER() END CATCH"
+        )
+        .await,
+        Some(2714)
+    );
+    err(
+        &mut c,
+        "BEGIN TRY SELECT FROM WHERE END TRY BEGIN CATCH SELECT 1 END CATCH",
+        156,
+    )
+    .await;
+    assert_eq!(
+        int(
+            &mut c,
+            "SELECT CASE WHEN ERROR_NUMBER() IS NULL THEN 1 ELSE 0 END"
+        )
+        .await,
+        Some(1),
+        "NULL outside CATCH"
+    );
+}

@@ -1384,6 +1384,18 @@ impl Exec<'_> {
                 )));
             }
             "OBJECT_ID" => Value::Null,
+            "ERROR_NUMBER" | "ERROR_MESSAGE" | "ERROR_SEVERITY" | "ERROR_STATE" | "ERROR_LINE"
+            | "ERROR_PROCEDURE" => match self.caught.last() {
+                None => Value::Null,
+                Some((err, line)) => match name {
+                    "ERROR_NUMBER" => int(err.number),
+                    "ERROR_MESSAGE" => s(&err.message),
+                    "ERROR_SEVERITY" => int(err.level),
+                    "ERROR_STATE" => int(err.state),
+                    "ERROR_LINE" => int(*line),
+                    _ => Value::Null,
+                },
+            },
             "DATABASEPROPERTYEX" => {
                 let Some(d) = text(0).and_then(|n| self.cat.db(&n).cloned()) else {
                     return Ok(Value::Null);

@@ -218,6 +218,8 @@ pub enum StmtKind {
     Declare(Vec<(String, TypeName, Option<Expr>)>),
     If(Expr, Box<Stmt>, Option<Box<Stmt>>),
     Block(Vec<Stmt>),
+    /// `BEGIN TRY … END TRY BEGIN CATCH … END CATCH`.
+    TryCatch(Vec<Stmt>, Vec<Stmt>),
     ExecDynamic(Expr),
     /// `EXEC [db.][schema.]proc args`: database qualifier, procedure name, arguments.
     ExecProc(Option<String>, String, Vec<(Option<String>, Expr)>),

@@ -302,8 +302,12 @@ impl Parser {
                     self.opt_tran_name();
                     return Ok(StmtKind::BeginTran);
                 }
-                if self.is_kw("TRY") {
-                    return Err(SqlError::unsupported("TRY...CATCH"));
+                if self.eat_kw("TRY") {
+                    let body = self.statements_until_end("TRY")?;
+                    self.expect_kw("BEGIN")?;
+                    self.expect_kw("CATCH")?;
+                    let catch = self.statements_until_end("CATCH")?;
+                    return Ok(StmtKind::TryCatch(body, catch));
                 }
                 let mut body = Vec::new();
                 loop {
@@ -400,6 +404,24 @@ impl Parser {
             "DROP" => self.drop(),
             "GRANT" | "DENY" | "REVOKE" => self.perm(),
             _ => Err(self.err_here()),
+        }
+    }
+
+    /// Statements up to `END <kw>` (TRY or CATCH), which is consumed.
+    fn statements_until_end(&mut self, kw: &str) -> Result<Vec<Stmt>, SqlError> {
+        let mut body = Vec::new();
+        loop {
+            if self.eat_sym(";") {
+                continue;
+            }
+            if self.is_kw("END") && self.is_kw_at(1, kw) {
+                self.pos += 2;
+                return Ok(body);
+            }
+            if self.eof() {
+                return Err(self.err_prev());
+            }
+            body.push(self.statement()?);
         }
     }
 
