@@ -133,6 +133,16 @@ fn sqlish() -> impl Strategy<Value = String> {
         "int",
         "USE",
         "master",
+        "TRY",
+        "CATCH",
+        "THROW",
+        "GROUP",
+        "HAVING",
+        "COUNT(*)",
+        "ERROR_NUMBER()",
+        "@@ROWCOUNT",
+        "WAITFOR",
+        "DELAY",
     ]);
     prop::collection::vec(words, 0..40).prop_map(|w| w.join(" "))
 }
