@@ -6,6 +6,7 @@
 //! into a cache outside the repository, keyed by version (see [`util::cache_dir`]).
 #![forbid(unsafe_code)]
 
+mod bench;
 mod cel;
 mod codegen;
 mod demo;
@@ -53,7 +54,7 @@ enum Command {
         down: bool,
     },
     /// Run the benchmark scenarios and write target/bench/result.json.
-    Bench,
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +65,6 @@ fn main() -> anyhow::Result<()> {
         Command::E2e => e2e::run(),
         Command::Cel => cel::cel(),
         Command::Demo { down } => demo::run(down),
-        Command::Bench => util::not_built_yet("cargo xtask bench", "the benchmark issue"),
+        Command::Bench(args) => bench::run(&args),
     }
 }
