@@ -51,6 +51,7 @@ pub static MESSAGES: &[MessageDef] = &[
     m(137, 15, 2, "Must declare the scalar variable \"%.*ls\"."),
     m(156, 15, 1, "Incorrect syntax near the keyword '%.*ls'."),
     m(195, 15, 10, "'%.*ls' is not a recognized %S_MSG."),
+    m(205, 16, 1, "All queries combined using a UNION, INTERSECT or EXCEPT operator must have an equal number of expressions in their target lists."),
     m(207, 16, 1, "Invalid column name '%.*ls'."),
     m(208, 16, 1, "Invalid object name '%.*ls'."),
     m(209, 16, 1, "Ambiguous column name '%.*ls'."),

@@ -1526,3 +1526,18 @@ async fn try_catch() {
         "NULL outside CATCH"
     );
 }
+
+/// UNION [ALL] over catalog views, ordered as a whole; unequal column counts are 205.
+#[tokio::test]
+async fn union_queries() {
+    let t = target().await;
+    let mut c = t.sa().await;
+    let rows = ok(
+        &mut c,
+        "SELECT name FROM sys.server_principals WHERE name = 'sa' UNION ALL SELECT name FROM sys.databases WHERE name = 'master' UNION SELECT N'sa' ORDER BY name",
+    )
+    .await;
+    let names: Vec<&str> = rows[0].iter().filter_map(|r| r.get::<&str, _>(0)).collect();
+    assert_eq!(names, vec!["master", "sa"]);
+    err(&mut c, "SELECT 1, 2 UNION SELECT 1", 205).await;
+}

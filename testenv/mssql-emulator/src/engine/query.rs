@@ -196,6 +196,9 @@ impl Exec<'_> {
     /// Runs a SELECT whose expressions may also refer to the columns of `outer` (a correlated
     /// subquery).
     fn run_select_in(&mut self, sel: &Select, outer: &Env<'_>) -> R<(Vec<Column>, Vec<Vec<Value>>)> {
+        if !sel.unions.is_empty() {
+            return self.run_union(sel, outer);
+        }
         let mut srcs: Vec<Src> = Vec::new();
         if let Some(t) = &sel.from {
             srcs.push(self.source(t)?);
@@ -411,6 +414,75 @@ impl Exec<'_> {
             });
         }
         Ok((cols, out))
+    }
+
+    /// `A UNION [ALL] B …`: equal column counts (205), duplicates removed unless ALL, then the
+    /// ORDER BY (ordinals or the first part's column names) over the combined rows.
+    fn run_union(&mut self, sel: &Select, outer: &Env<'_>) -> R<(Vec<Column>, Vec<Vec<Value>>)> {
+        let first = Select {
+            order: Vec::new(),
+            unions: Vec::new(),
+            ..sel.clone()
+        };
+        let (mut cols, mut rows) = self.run_select_in(&first, outer)?;
+        for (all, part) in &sel.unions {
+            let (pc, pr) = self.run_select_in(part, outer)?;
+            if pc.len() != cols.len() {
+                return Err(e(205, &[]));
+            }
+            for (c, p) in cols.iter_mut().zip(&pc) {
+                c.nullable |= p.nullable;
+            }
+            rows.extend(pr);
+            if !*all {
+                let mut seen: Vec<Vec<Value>> = Vec::new();
+                rows.retain(|r| {
+                    let dup = seen.iter().any(|x| {
+                        x.iter().zip(r).all(|(a, b)| {
+                            (a.is_null() && b.is_null()) || compare(a, b).is_some_and(|o| o.is_eq())
+                        })
+                    });
+                    if !dup {
+                        seen.push(r.clone());
+                    }
+                    !dup
+                });
+            }
+        }
+        if !sel.order.is_empty() {
+            let mut idx = Vec::new();
+            for (x, desc) in &sel.order {
+                let i = match x {
+                    Expr::Int(n) if *n >= 1 && (*n as usize) <= cols.len() => *n as usize - 1,
+                    Expr::Column(None, c) => cols
+                        .iter()
+                        .position(|k| ci_cmp(&k.name, c).is_eq())
+                        .ok_or_else(|| e(207, &[c]))?,
+                    _ => {
+                        return Err(Fail::from(SqlError::unsupported(
+                            "ORDER BY expression over a UNION",
+                        )));
+                    }
+                };
+                idx.push((i, *desc));
+            }
+            rows.sort_by(|a, b| {
+                for (i, desc) in &idx {
+                    let ord = match (a[*i].is_null(), b[*i].is_null()) {
+                        (true, true) => std::cmp::Ordering::Equal,
+                        (true, false) => std::cmp::Ordering::Less,
+                        (false, true) => std::cmp::Ordering::Greater,
+                        _ => compare(&a[*i], &b[*i]).unwrap_or(std::cmp::Ordering::Equal),
+                    };
+                    let ord = if *desc { ord.reverse() } else { ord };
+                    if ord.is_ne() {
+                        return ord;
+                    }
+                }
+                std::cmp::Ordering::Equal
+            });
+        }
+        Ok((cols, rows))
     }
 
     fn order_key(&mut self, ox: &Expr, items: &[(Expr, String)], row: &[Value], env: &Env<'_>) -> R<Value> {

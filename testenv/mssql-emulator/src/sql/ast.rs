@@ -108,8 +108,10 @@ pub struct Select {
     pub group_by: Vec<Expr>,
     /// HAVING.
     pub having: Option<Expr>,
-    /// ORDER BY (expression, descending).
+    /// ORDER BY (expression, descending); with UNION it orders the combined result.
     pub order: Vec<(Expr, bool)>,
+    /// `UNION [ALL] SELECT …` parts (the flag is true for ALL).
+    pub unions: Vec<(bool, Select)>,
 }
 
 /// A permission securable (`ON …`).
@@ -211,7 +213,7 @@ pub struct Stmt {
 #[derive(Debug, Clone, PartialEq)]
 #[allow(missing_docs)]
 pub enum StmtKind {
-    Select(Select),
+    Select(Box<Select>),
     Use(String),
     SetOption(String, String),
     SetVar(String, Expr),

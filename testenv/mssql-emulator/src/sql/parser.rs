@@ -273,12 +273,12 @@ impl Parser {
                 self.pos += 1;
                 let s = self.select()?;
                 self.expect_sym(")")?;
-                return Ok(StmtKind::Select(s));
+                return Ok(StmtKind::Select(Box::new(s)));
             }
             _ => return Err(self.err_here()),
         };
         match word.as_str() {
-            "SELECT" => Ok(StmtKind::Select(self.select()?)),
+            "SELECT" => Ok(StmtKind::Select(Box::new(self.select()?))),
             "USE" => {
                 self.pos += 1;
                 Ok(StmtKind::Use(self.ident()?))
@@ -1250,6 +1250,44 @@ impl Parser {
         } else {
             None
         };
+        // UNION parts come before the ORDER BY, which then orders the whole result.
+        let mut unions = Vec::new();
+        while self.eat_kw("UNION") {
+            let all = self.eat_kw("ALL");
+            if !self.is_kw("SELECT") {
+                return Err(self.err_here());
+            }
+            let mut part = self.select()?;
+            if !part.order.is_empty() || !part.unions.is_empty() {
+                // The nested call already consumed a trailing ORDER BY / UNION: hoist them.
+                unions.push((
+                    all,
+                    Select {
+                        order: Vec::new(),
+                        unions: Vec::new(),
+                        ..part.clone()
+                    },
+                ));
+                unions.append(&mut part.unions);
+                if !part.order.is_empty() {
+                    let order = std::mem::take(&mut part.order);
+                    return Ok(Select {
+                        distinct,
+                        top,
+                        items,
+                        from,
+                        joins,
+                        filter,
+                        group_by,
+                        having,
+                        order,
+                        unions,
+                    });
+                }
+                continue;
+            }
+            unions.push((all, part));
+        }
         let mut order = Vec::new();
         if self.eat_kw("ORDER") {
             self.expect_kw("BY")?;
@@ -1267,9 +1305,6 @@ impl Parser {
                 }
             }
         }
-        if self.is_kw("UNION") {
-            return Err(SqlError::unsupported("UNION"));
-        }
         Ok(Select {
             distinct,
             top,
@@ -1280,6 +1315,7 @@ impl Parser {
             group_by,
             having,
             order,
+            unions,
         })
     }
 
