@@ -37,6 +37,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// What [`Bench::wait_ready`] saw.
+struct Waited {
+    /// Seconds until every resource was Ready (or the timeout).
+    took: f64,
+    /// The last listing.
+    listing: Listing,
+    /// Every resource was Ready.
+    complete: bool,
+    /// Seconds until every WorkItem was up to date, when seen.
+    workers_done: Option<f64>,
+}
+
 /// Managed resources by kind/name: (created, Ready status, Ready since).
 type Listing = HashMap<String, (String, String, String)>;
 
@@ -521,23 +533,39 @@ spec:
     /// Polls once a second until the `expected` resources named `prefix…` are Ready (bounded by
     /// --timeout-secs); returns the wall time from `since`, the last listing, and whether all
     /// were Ready (a timeout is a measurement too: the run goes on and says so).
-    fn wait_ready(&self, prefix: &str, expected: usize, since: Instant) -> (f64, Listing, bool) {
+    fn wait_ready(&self, prefix: &str, expected: usize, since: Instant) -> Waited {
         let timeout = Duration::from_secs(self.args.timeout_secs);
         let mut next_report = Duration::from_secs(10);
+        let mut workers_done = None;
         loop {
+            if workers_done.is_none() && self.work_items_done(prefix) >= expected {
+                let took = since.elapsed().as_secs_f64();
+                eprintln!("    the workers finished {expected} WorkItems {prefix}* in {took:.1} s");
+                workers_done = Some(took);
+            }
             let listing = self.resources(prefix);
             let ready = listing.values().filter(|(_, r, _)| r == "True").count();
             if listing.len() >= expected && ready == listing.len() {
                 let took = since.elapsed().as_secs_f64();
                 eprintln!("    {expected} resources {prefix}* Ready in {took:.1} s");
-                return (took, listing, true);
+                return Waited {
+                    took,
+                    listing,
+                    complete: true,
+                    workers_done,
+                };
             }
             if since.elapsed() > timeout {
                 eprintln!(
                     "    {prefix}*: only {ready} of {expected} resources Ready after {timeout:?} ({} exist); going on",
                     listing.len()
                 );
-                return (since.elapsed().as_secs_f64(), listing, false);
+                return Waited {
+                    took: since.elapsed().as_secs_f64(),
+                    listing,
+                    complete: false,
+                    workers_done,
+                };
             }
             if since.elapsed() > next_report {
                 eprintln!("    {ready}/{expected} {prefix}* Ready ({:.0?})", since.elapsed());
@@ -547,17 +575,49 @@ spec:
         }
     }
 
+    /// WorkItems of resources named `prefix…` that their worker reports existing and up to date
+    /// for their current generation.
+    fn work_items_done(&self, prefix: &str) -> usize {
+        let raw = e2e::jsonpath(
+            self.session,
+            &[
+                "get",
+                "--raw",
+                &format!(
+                    "/apis/queue.sqlserver.kubesql.io/v1alpha1/namespaces/{PROVIDER_NAMESPACE}/workitems"
+                ),
+            ],
+        );
+        let Ok(list) = serde_json::from_str::<Value>(&raw) else {
+            return 0;
+        };
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| {
+                i["spec"]["resourceRef"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(prefix))
+                    && i["status"]["upToDate"] == true
+                    && i["status"]["exists"] == true
+                    && i["status"]["observedGeneration"] == i["metadata"]["generation"]
+            })
+            .count()
+    }
+
     /// The YAML of `n` managed resources named `prefix-<kind>-<i>` on `configs` (round-robin by
-    /// group of four: a Database, a Login, a User without login in that database, a Schema in
-    /// it). SQL names are `<prefix>_<kind>_<i>`, unique on the server.
-    fn resources_yaml(prefix: &str, n: usize, configs: &[String]) -> String {
+    /// group of `kinds`: a Database, a Login, a User without login in that database, a Schema in
+    /// it; with `kinds` 2, only the first two, which depend on nothing). SQL names are
+    /// `<prefix>_<kind>_<i>`, unique on the server.
+    fn resources_yaml(prefix: &str, n: usize, configs: &[String], kinds: usize) -> String {
         let mut yaml = String::new();
         for k in 0..n {
-            let unit = k / 4;
+            let unit = k / kinds;
             let config = &configs[unit % configs.len()];
             let sql = prefix.replace('-', "_");
             let db = format!("{sql}_db_{unit:05}");
-            let (kind, short, for_provider) = match k % 4 {
+            let (kind, short, for_provider) = match k % kinds {
                 0 => ("Database", "db", "{recoveryModel: Full}".to_owned()),
                 1 => ("Login", "login", "{}".to_owned()),
                 2 => ("User", "user", format!("{{database: {db}, type: WithoutLogin}}")),
@@ -572,8 +632,8 @@ spec:
 
     /// Creates `n` resources named `prefix…` on `configs` at once and measures until all are
     /// Ready.
-    fn create_and_measure(&self, prefix: &str, n: usize, configs: &[String]) -> Result<Value> {
-        let yaml = Self::resources_yaml(prefix, n, configs);
+    fn create_and_measure(&self, prefix: &str, n: usize, configs: &[String], kinds: usize) -> Result<Value> {
+        let yaml = Self::resources_yaml(prefix, n, configs, kinds);
         let writes0 = self.apiserver_writes()?;
         let counters0 = self.counters()?;
         let cpu0 = self.sampler.snapshot_and_reset_peaks();
@@ -581,7 +641,12 @@ spec:
         self.apply_parallel(prefix, &yaml)?;
         let applied = started.elapsed().as_secs_f64();
         eprintln!("    applied {n} resources in {applied:.1} s");
-        let (took, mut listing, complete) = self.wait_ready(prefix, n, started);
+        let Waited {
+            took,
+            mut listing,
+            complete,
+            workers_done,
+        } = self.wait_ready(prefix, n, started);
         let ready_count = listing.values().filter(|(_, r, _)| r == "True").count();
         // Latencies and throughput over what became Ready.
         listing.retain(|_, (_, r, _)| r == "True");
@@ -619,6 +684,8 @@ spec:
                 _ => f64::NAN,
             }, "s"),
             "throughput": fig(ready_count as f64 / took, "resources/s"),
+            "workers_done_wall": fig(workers_done.unwrap_or(f64::NAN), "s (every WorkItem up to date)"),
+            "worker_throughput": fig(workers_done.map_or(f64::NAN, |w| n as f64 / w), "resources/s"),
             "create_to_ready_latency": {
                 "p50": fig(percentile(&latencies, 0.50), "s (1 s resolution)"),
                 "p95": fig(percentile(&latencies, 0.95), "s (1 s resolution)"),
@@ -647,7 +714,7 @@ spec:
 
     /// `scale`: N resources over W configs, created at once.
     fn scale(&self) -> Result<Value> {
-        self.create_and_measure("scale", self.args.resources, &self.configs)
+        self.create_and_measure("scale", self.args.resources, &self.configs, 4)
     }
 
     /// `steady`: nothing changes for three poll intervals.
@@ -772,15 +839,21 @@ spec:
         self.wait_workers(&names)?;
         self.faults(&json!({"delay_ms": self.args.delay_ms}))?;
         let measured = (|| -> Result<Value> {
-            let c4 = self.create_and_measure("lat-c4", m, &names[..1])?;
-            let c1 = self.create_and_measure("lat-c1", m, &names[1..])?;
+            // Databases and Logins only: a User or Schema created before its database waits
+            // in the worker's retry backoff, which would measure the backoff, not concurrency.
+            let c4 = self.create_and_measure("lat-c4", m, &names[..1], 2)?;
+            let c1 = self.create_and_measure("lat-c1", m, &names[1..], 2)?;
             let rate = |v: &Value| v["throughput"]["value"].as_f64().unwrap_or(f64::NAN);
+            let wrate = |v: &Value| v["worker_throughput"]["value"].as_f64().unwrap_or(f64::NAN);
             Ok(json!({
                 "delay_per_statement": fig(self.args.delay_ms as f64, "ms"),
-                "resources_per_config": fig(m as f64, "resources"),
+                "resources_per_config": fig(m as f64, "resources (Databases and Logins)"),
                 "throughput_max_concurrent_4": fig(rate(&c4), "resources/s"),
                 "throughput_max_concurrent_1": fig(rate(&c1), "resources/s"),
                 "speedup_4_over_1": fig(rate(&c4) / rate(&c1), "x"),
+                "worker_throughput_max_concurrent_4": fig(wrate(&c4), "resources/s (WorkItems up to date)"),
+                "worker_throughput_max_concurrent_1": fig(wrate(&c1), "resources/s (WorkItems up to date)"),
+                "worker_speedup_4_over_1": fig(wrate(&c4) / wrate(&c1), "x"),
                 "max_concurrent_4": c4,
                 "max_concurrent_1": c1,
             }))
@@ -1159,7 +1232,7 @@ apiserver_request_total{code="200",component="apiserver",dry_run="",group="sqlse
     #[test]
     fn resources_spread_over_kinds_and_configs() {
         let configs = vec!["a".to_owned(), "b".to_owned()];
-        let yaml = Bench::resources_yaml("scale", 8, &configs);
+        let yaml = Bench::resources_yaml("scale", 8, &configs, 4);
         assert_eq!(yaml.matches("kind: Database").count(), 2);
         assert_eq!(yaml.matches("kind: User").count(), 2);
         assert!(yaml.contains("{database: scale_db_00001, type: WithoutLogin}"));
