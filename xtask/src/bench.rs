@@ -433,6 +433,31 @@ spec:
             yaml.push_str(&self.config_yaml(name, None));
         }
         self.apply("bench configs", "bench-configs.yaml", &yaml)?;
+        // `default` (made by e2e::install) gets the same poll interval as the others, so
+        // that every worker sweeps at the rate the steady scenario divides by.
+        let out = self
+            .session
+            .kubectl()
+            .args([
+                "patch",
+                "clusterproviderconfig",
+                "default",
+                "--type=merge",
+                "-p",
+                &json!({"spec": {"worker": {"pollInterval": format!("{}s", self.args.poll_interval_secs)}}})
+                    .to_string(),
+            ])
+            .stdout(Stdio::null())
+            .output()
+            .context("kubectl patch clusterproviderconfig default")?;
+        if !out.status.success() {
+            bail!(
+                "setting the poll interval of config default: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        // The worker Deployment rolls; give the provider a moment to see the change first.
+        std::thread::sleep(Duration::from_secs(3));
         self.wait_workers(&self.configs)
     }
 
