@@ -132,10 +132,14 @@ pub trait ManagedKind:
     fn validate(&self) -> Result<Unresolved, InvalidRequest>;
     /// Current status, as JSON (conditions, atProvider, …).
     fn status_json(&self) -> serde_json::Value;
+    /// `atProvider` as the apiserver will store it: only the fields the CRD knows, no nulls.
+    /// Comparing anything else with the stored status would never match and rewrite the
+    /// status on every reconcile.
+    fn normalize_at_provider(value: serde_json::Value) -> serde_json::Value;
 }
 
 macro_rules! managed_kind {
-    ($ty:ty, $kind:literal, $variant:ident) => {
+    ($ty:ty, $kind:literal, $variant:ident, $at:ty) => {
         impl ManagedKind for $ty {
             const KIND: &'static str = $kind;
             fn validate(&self) -> Result<Unresolved, InvalidRequest> {
@@ -144,13 +148,34 @@ macro_rules! managed_kind {
             fn status_json(&self) -> serde_json::Value {
                 serde_json::to_value(&self.status).unwrap_or_default()
             }
+            fn normalize_at_provider(value: serde_json::Value) -> serde_json::Value {
+                serde_json::from_value::<$at>(value)
+                    .ok()
+                    .and_then(|typed| serde_json::to_value(typed).ok())
+                    .unwrap_or_default()
+            }
         }
     };
 }
-managed_kind!(Database, "Database", Database);
-managed_kind!(Login, "Login", Login);
-managed_kind!(User, "User", User);
-managed_kind!(Schema, "Schema", Schema);
+managed_kind!(
+    Database,
+    "Database",
+    Database,
+    apis::generated::databases::DatabaseStatusAtProvider
+);
+managed_kind!(
+    Login,
+    "Login",
+    Login,
+    apis::generated::logins::LoginStatusAtProvider
+);
+managed_kind!(User, "User", User, apis::generated::users::UserStatusAtProvider);
+managed_kind!(
+    Schema,
+    "Schema",
+    Schema,
+    apis::generated::schemas::SchemaStatusAtProvider
+);
 
 fn conditions_of(status: &serde_json::Value) -> Vec<Condition> {
     status
@@ -300,21 +325,30 @@ async fn reconcile_inner<K: ManagedKind>(obj: &K, ctx: &Ctx) -> Result<Action, E
             &secret.name,
             owner_reference(obj),
         );
+        // Applied once: later reconciles read and compare instead of writing again.
         let pp = PatchParams::apply(PROVIDER_MANAGER).force();
-        Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(ctx.client.clone(), &secret.namespace)
-            .patch(
-                &role.metadata.name.clone().unwrap_or_default(),
-                &pp,
-                &Patch::Apply(&role),
-            )
-            .await?;
-        Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(ctx.client.clone(), &secret.namespace)
-            .patch(
-                &binding.metadata.name.clone().unwrap_or_default(),
-                &pp,
-                &Patch::Apply(&binding),
-            )
-            .await?;
+        let roles =
+            Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(ctx.client.clone(), &secret.namespace);
+        let role_name = role.metadata.name.clone().unwrap_or_default();
+        if roles
+            .get_opt(&role_name)
+            .await?
+            .is_none_or(|r| r.rules != role.rules)
+        {
+            roles.patch(&role_name, &pp, &Patch::Apply(&role)).await?;
+        }
+        let bindings =
+            Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(ctx.client.clone(), &secret.namespace);
+        let binding_name = binding.metadata.name.clone().unwrap_or_default();
+        if bindings
+            .get_opt(&binding_name)
+            .await?
+            .is_none_or(|b| b.subjects != binding.subjects || b.role_ref != binding.role_ref)
+        {
+            bindings
+                .patch(&binding_name, &pp, &Patch::Apply(&binding))
+                .await?;
+        }
     }
 
     // The WorkItem. Its name is the SQL object's identity on this server: a second managed
@@ -363,7 +397,7 @@ async fn reconcile_inner<K: ManagedKind>(obj: &K, ctx: &Ctx) -> Result<Action, E
 
     // Status, from what the worker reported.
     let projection = status::project(Some(&item), &policies, false, &worker);
-    let at_provider = at_provider(&item, &resolved);
+    let at_provider = at_provider(&item, &resolved).map(K::normalize_at_provider);
     let changed = write_status(
         &api,
         obj,

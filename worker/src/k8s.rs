@@ -143,6 +143,31 @@ pub fn status_document(input: &StatusInput<'_>) -> Value {
 }
 
 /// Applies a status document under the worker's field manager.
+/// Whether writing `document` would change nothing but `lastObservedTime`: then the write is
+/// skipped, so an idle sweep costs no apiserver write (and wakes no provider reconcile).
+pub fn status_unchanged(
+    current: Option<&apis::generated::workitems::WorkItemStatus>,
+    document: &Value,
+) -> bool {
+    fn clean(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .filter(|(k, v)| !v.is_null() && k.as_str() != "lastObservedTime")
+                    .map(|(k, v)| (k.clone(), clean(v)))
+                    .collect(),
+            ),
+            Value::Array(a) => Value::Array(a.iter().map(clean).collect()),
+            other => other.clone(),
+        }
+    }
+    let Some(current) = current else { return false };
+    let Ok(current) = serde_json::to_value(current) else {
+        return false;
+    };
+    clean(&current) == clean(&document["status"])
+}
+
 pub async fn write_status(api: &Api<WorkItem>, name: &str, document: &Value) -> Result<(), kube::Error> {
     api.patch_status(
         name,
@@ -309,5 +334,32 @@ mod tests {
         let parsed: apis::generated::workitems::WorkItemStatus =
             serde_json::from_value(doc["status"].clone()).expect("status shape");
         assert_eq!(parsed.attempts, Some(2));
+    }
+}
+
+#[cfg(test)]
+mod unchanged_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_observation_time_changing_is_no_change() {
+        let current: apis::generated::workitems::WorkItemStatus = serde_json::from_value(json!({
+            "observedGeneration": 2, "exists": true, "upToDate": true, "attempts": 0,
+            "lastObservedTime": "2026-01-01T00:00:00Z", "holder": "w-1", "atProvider": {"id": "5"}
+        }))
+        .unwrap();
+        let doc = |time: &str, up: bool| {
+            json!({"status": {"observedGeneration": 2, "exists": true, "upToDate": up, "deleted": null,
+                "drift": null, "attempts": 0, "lastObservedTime": time, "holder": "w-1", "atProvider": {"id": "5"}}})
+        };
+        assert!(
+            status_unchanged(Some(&current), &doc("2026-01-01T00:05:00Z", true)),
+            "a newer sweep time alone"
+        );
+        assert!(
+            !status_unchanged(Some(&current), &doc("2026-01-01T00:05:00Z", false)),
+            "drift is a change"
+        );
+        assert!(!status_unchanged(None, &doc("x", true)), "no status yet");
     }
 }

@@ -135,9 +135,11 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
 
     let mut scheduler = Scheduler::new(
         config.poll_interval,
+        // Crossplane's per-item backoff, 1 s doubling to 60 s: a User created before its
+        // Database retries within a minute of the Database appearing, not five.
         Backoff {
             base: Duration::from_secs(1),
-            max: Duration::from_secs(300),
+            max: Duration::from_secs(60),
         },
     );
     let permits = Arc::new(Semaphore::new(config.max_concurrent_operations));
@@ -198,6 +200,10 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
                     holder: &config.pod_name,
                     now: k8s_openapi::jiff::Timestamp::now().to_string(),
                 });
+                let current = store.state().into_iter().find(|w| w.name_any() == done.key).and_then(|w| w.status.clone());
+                if k8s::status_unchanged(current.as_ref(), &doc) {
+                    continue;
+                }
                 let api = api.clone();
                 tokio::spawn(async move {
                     let write = tokio::time::timeout(Duration::from_secs(10), k8s::write_status(&api, &done.key, &doc)).await;
