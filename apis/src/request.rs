@@ -252,6 +252,21 @@ fn target<R: Serialize, S: Serialize>(
     None
 }
 
+/// The database of a User or Schema: like [`target`], and one of the three must be set.
+fn required_database<R: Serialize, S: Serialize>(
+    p: &mut Problems,
+    value: Option<&String>,
+    reference: Option<&R>,
+    selector: Option<&S>,
+) -> Option<Target> {
+    let field = "spec.forProvider.database";
+    if value.is_none() && reference.is_none() && selector.is_none() {
+        p.push(field, "required: set database, databaseRef or databaseSelector");
+        return None;
+    }
+    target(p, field, value, reference, selector)
+}
+
 /// A key in a Secret, with its namespace made explicit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Validate)]
 #[serde(rename_all = "camelCase")]
@@ -739,19 +754,12 @@ impl TryFrom<&generated::users::User> for Managed<UserRequest<Target>> {
         let fp = &user.spec.for_provider;
         let namespace = user.metadata.namespace.as_deref().unwrap_or_default();
         let name = user.metadata.name.as_deref().unwrap_or_default();
-        let database = target(
+        let database = required_database(
             &mut p,
-            "spec.forProvider.database",
             fp.database.as_ref(),
             fp.database_ref.as_ref(),
             fp.database_selector.as_ref(),
         );
-        if fp.database.is_none() && fp.database_ref.is_none() && fp.database_selector.is_none() {
-            p.push(
-                "spec.forProvider.database",
-                "required: set database, databaseRef or databaseSelector",
-            );
-        }
         let login = target(
             &mut p,
             "spec.forProvider.login",
@@ -860,19 +868,12 @@ impl TryFrom<&generated::schemas::Schema> for Managed<SchemaRequest<Target>> {
     fn try_from(schema: &generated::schemas::Schema) -> Result<Self, Self::Error> {
         let mut p = Problems::new();
         let fp = &schema.spec.for_provider;
-        let database = target(
+        let database = required_database(
             &mut p,
-            "spec.forProvider.database",
             fp.database.as_ref(),
             fp.database_ref.as_ref(),
             fp.database_selector.as_ref(),
         );
-        if fp.database.is_none() && fp.database_ref.is_none() && fp.database_selector.is_none() {
-            p.push(
-                "spec.forProvider.database",
-                "required: set database, databaseRef or databaseSelector",
-            );
-        }
         let owner = target(
             &mut p,
             "spec.forProvider.owner",
