@@ -11,7 +11,7 @@
 
 use crate::{
     testenv::cluster,
-    util::{self, cargo, workspace_root},
+    util::{self, workspace_root},
 };
 use anyhow::{Context, Result, bail};
 use std::{
@@ -198,19 +198,7 @@ pub fn jsonpath(session: &Session, args: &[&str]) -> String {
 
 /// Builds what runs as pods, brings the environment up and starts the emulator.
 pub fn start_env(name: &str) -> Result<Session> {
-    util::run(
-        "build provider, worker and emulator",
-        cargo().args([
-            "build",
-            "--locked",
-            "-p",
-            "provider",
-            "-p",
-            "worker",
-            "-p",
-            "mssql-emulator",
-        ]),
-    )?;
+    util::build_bins()?;
     let dir = workspace_root().join(".testenv").join(name);
     std::fs::create_dir_all(&dir)?;
     let env = cluster::up(&dir)?;

@@ -8,7 +8,7 @@
 //! tool cache keyed by version, FreeTDS from Debian's `freetds-bin` with apt-get, go-mssqldb
 //! through the Go module proxy (pinned by `clients/go-mssqldb/go.sum`) built into the cache.
 
-use crate::util::{cache_dir, cargo, run, workspace_root};
+use crate::util::{cache_dir, run, workspace_root};
 use anyhow::{Context, Result, bail};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -33,17 +33,7 @@ pub fn fidelity_clients() -> Result<()> {
     let gomssql = build_go_client(&clients.join("go-mssqldb"))?;
     let external = std::env::var("MSSQL_TEST_URL").ok();
     let emulator = if external.is_none() {
-        run(
-            "build mssql-emulator",
-            cargo().args([
-                "build",
-                "--quiet",
-                "-p",
-                "mssql-emulator",
-                "--bin",
-                "mssql-emulator",
-            ]),
-        )?;
+        crate::util::build_bins()?;
         Some(target_dir().join("debug").join("mssql-emulator"))
     } else {
         None

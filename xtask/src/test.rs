@@ -36,6 +36,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
             bail!("--skip {name}: no such step (steps: {})", step_names());
         }
     }
+    util::report_free_disk();
     let mut results: Vec<(&str, Option<Duration>, Option<String>)> = Vec::new();
     for (name, step) in STEPS {
         if args.skip.iter().any(|s| s == name) {

@@ -53,6 +53,46 @@ pub fn cargo() -> Command {
     cmd
 }
 
+/// A cold `cargo xtask test` needs about this much free disk (target/ plus the environment's
+/// etcd and logs); measured on a fresh clone with the dev profile of the root Cargo.toml.
+const DISK_NEEDED_GIB: u64 = 8;
+
+/// Prints the free space where target/ lives and warns when a cold run may not fit: a full
+/// disk otherwise shows up minutes later as a linker "Bus error" in the middle of a build.
+pub fn report_free_disk() {
+    let output = Command::new("df")
+        .args(["-Pk"])
+        .arg(workspace_root())
+        .output();
+    let free_kib = output.ok().and_then(|o| {
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        text.lines().nth(1)?.split_whitespace().nth(3)?.parse::<u64>().ok()
+    });
+    match free_kib {
+        Some(kib) => {
+            let gib = kib / (1024 * 1024);
+            eprintln!("==> free disk where the workspace lives: {gib} GiB");
+            if gib < DISK_NEEDED_GIB {
+                eprintln!(
+                    "warning: a cold run needs about {DISK_NEEDED_GIB} GiB; builds may fail with \
+                     \"No space left on device\" (try `cargo clean` or removing old .testenv/ dirs)"
+                );
+            }
+        }
+        None => eprintln!("==> free disk: unknown (df failed)"),
+    }
+}
+
+/// Builds every binary of the workspace in one cargo invocation. Every step that needs binaries
+/// calls this, so features unify once and dependencies are compiled once, not once per `-p`
+/// subset (each subset is a separate set of artifacts in target/, and disk is finite).
+pub fn build_bins() -> Result<std::time::Duration> {
+    run(
+        "cargo build --workspace --exclude xtask --bins",
+        cargo().args(["build", "--workspace", "--exclude", "xtask", "--bins", "--locked"]),
+    )
+}
+
 /// Installs `krate` at exactly `version` into `<cache>/tools/<krate>-<version>` (once) and
 /// returns the path of its binary `bin`.
 pub fn ensure_cargo_tool(krate: &str, version: &str, bin: &str) -> Result<PathBuf> {

@@ -1,7 +1,7 @@
 //! Starting, checking and stopping the components, each a process recorded by PID.
 
 use super::{certs, tools};
-use crate::util::{self, cargo, workspace_root};
+use crate::util::{self, workspace_root};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -324,10 +324,7 @@ fn restart_stale_kubelet(dir: &Path) -> Result<()> {
 /// Brings the environment up in `dir`; does nothing but check when it is already up.
 pub fn up(dir: &Path) -> Result<Env> {
     let tools = tools::ensure()?;
-    util::run(
-        "cargo build (kubelet, testprog)",
-        cargo().args(["build", "-p", "kubelet", "-p", "testprog"]),
-    )?;
+    util::build_bins()?;
     let debug = target_dir().join("debug");
     let kubelet_bin = debug.join("kubelet");
     if healthy(dir, &tools) {
