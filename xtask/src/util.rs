@@ -60,13 +60,15 @@ const DISK_NEEDED_GIB: u64 = 8;
 /// Prints the free space where target/ lives and warns when a cold run may not fit: a full
 /// disk otherwise shows up minutes later as a linker "Bus error" in the middle of a build.
 pub fn report_free_disk() {
-    let output = Command::new("df")
-        .args(["-Pk"])
-        .arg(workspace_root())
-        .output();
+    let output = Command::new("df").args(["-Pk"]).arg(workspace_root()).output();
     let free_kib = output.ok().and_then(|o| {
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        text.lines().nth(1)?.split_whitespace().nth(3)?.parse::<u64>().ok()
+        text.lines()
+            .nth(1)?
+            .split_whitespace()
+            .nth(3)?
+            .parse::<u64>()
+            .ok()
     });
     match free_kib {
         Some(kib) => {
