@@ -29,6 +29,11 @@ pub const LABEL_PROVIDER_CONFIG: &str = "crossplane.io/provider-config";
 pub const LABEL_PROVIDER_CONFIG_KIND: &str = "crossplane.io/provider-config-kind";
 /// Label on WorkItems: the worker that owns them (its watch selects on it).
 pub const LABEL_WORKER: &str = "queue.sqlserver.kubesql.io/worker";
+/// Annotation on a worker's Lease, set by the holder while it cannot reach SQL Server: the
+/// `ErrorKind` label of the failure (e.g. `CertificateUntrusted`). Removed once a ping works.
+pub const ANNOTATION_CONNECTION_ERROR_REASON: &str = "sqlserver.kubesql.io/connection-error-reason";
+/// Annotation on a worker's Lease next to the reason: the failure's message (never a secret).
+pub const ANNOTATION_CONNECTION_ERROR: &str = "sqlserver.kubesql.io/connection-error";
 
 /// Condition types.
 pub mod condition {

@@ -15,8 +15,8 @@ use crate::{
 use apis::{
     config::ServerConfig,
     constants::{
-        FINALIZER_IN_USE, LABEL_PROVIDER_CONFIG, LABEL_PROVIDER_CONFIG_KIND, LABEL_WORKER, condition, event,
-        reason,
+        ANNOTATION_CONNECTION_ERROR, ANNOTATION_CONNECTION_ERROR_REASON, FINALIZER_IN_USE,
+        LABEL_PROVIDER_CONFIG, LABEL_PROVIDER_CONFIG_KIND, LABEL_WORKER, condition, event, reason,
     },
     generated::{
         clusterproviderconfigs::ClusterProviderConfig, providerconfigs::ProviderConfig, workitems::WorkItem,
@@ -268,16 +268,24 @@ async fn reconcile_inner<K: ConfigKindExt>(obj: &K, ctx: &Ctx) -> Result<Action,
         .map(|t| t.0);
     let stale = renewed
         .is_some_and(|t| Timestamp::now().duration_since(t).as_secs() > LEASE_STALE_AFTER.as_secs() as i64);
-    let worker_ready = if available == 0 {
-        Cond {
-            status: "False",
-            reason: "DeploymentUnavailable",
-            message: format!(
-                "worker {}/{} has no available pod (a worker is ready once it can reach SQL Server; see its logs)",
-                objects.namespace, objects.name
-            ),
-        }
-    } else if stale && holder.is_some() {
+    let connection = lease.as_ref().and_then(|l| {
+        let annotations = l.metadata.annotations.as_ref()?;
+        let reason = annotations.get(ANNOTATION_CONNECTION_ERROR_REASON)?;
+        let message = annotations
+            .get(ANNOTATION_CONNECTION_ERROR)
+            .cloned()
+            .unwrap_or_default();
+        Some((reason.clone(), message))
+    });
+    let worker_ready = worker_ready(&WorkerHealth {
+        namespace: &objects.namespace,
+        name: &objects.name,
+        available,
+        stale,
+        holder: holder.as_deref(),
+        connection: connection.as_ref().map(|(r, m)| (r.as_str(), m.as_str())),
+    });
+    if worker_ready.reason == "LeaseExpired" {
         // Pods look alive but nobody renews the Lease: the worker is stuck. Restart it.
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &objects.namespace);
         let selector = format!("{LABEL_INSTANCE}={}", objects.name);
@@ -292,27 +300,7 @@ async fn reconcile_inner<K: ConfigKindExt>(obj: &K, ctx: &Ctx) -> Result<Action,
             "worker Lease not renewed; restarting its pods",
         )
         .await;
-        Cond {
-            status: "False",
-            reason: "LeaseExpired",
-            message: "the worker stopped renewing its Lease; its pods were restarted".into(),
-        }
-    } else if holder.is_none() {
-        Cond {
-            status: "False",
-            reason: "LeaseNotHeld",
-            message: "no worker pod holds the Lease yet".into(),
-        }
-    } else {
-        Cond {
-            status: "True",
-            reason: "LeaseHeld",
-            message: format!(
-                "worker pod {} holds the Lease",
-                holder.clone().unwrap_or_default()
-            ),
-        }
-    };
+    }
 
     // Queue depth: items the worker has not acted on at their current generation.
     let items: Api<WorkItem> = Api::namespaced(ctx.client.clone(), &objects.namespace);
@@ -362,6 +350,84 @@ async fn reconcile_inner<K: ConfigKindExt>(obj: &K, ctx: &Ctx) -> Result<Action,
     });
     write_status(&api, obj, &old, &conditions, users, Some(worker_status)).await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// What the provider knows about a config's worker.
+#[derive(Clone, Copy)]
+pub struct WorkerHealth<'a> {
+    /// Namespace of the worker.
+    pub namespace: &'a str,
+    /// Name of the worker (Deployment, Lease).
+    pub name: &'a str,
+    /// Available replicas of its Deployment.
+    pub available: i32,
+    /// The Lease has a holder who stopped renewing it.
+    pub stale: bool,
+    /// The Lease holder.
+    pub holder: Option<&'a str>,
+    /// What the Lease holder last reported about its SQL connection (annotations on the
+    /// Lease): the worker's error reason and message; none while it connects.
+    pub connection: Option<(&'a str, &'a str)>,
+}
+
+/// Reasons a worker reports for a failed connection, as `WorkerReady` reasons (the worker's
+/// `ErrorKind` labels); anything else is `SqlConnectionFailed`.
+const CONNECTION_REASONS: &[&str] = &[
+    "CertificateUntrusted",
+    "CertificateNameMismatch",
+    "TlsFailed",
+    "AuthFailed",
+    "Transient",
+    "PermissionDenied",
+    "NotFound",
+    "Invalid",
+];
+
+/// The `WorkerReady` condition. A worker that cannot reach SQL Server is never ready, and its
+/// own reason (a certificate the CA does not sign, a host name the certificate lacks, a
+/// refused login) is the condition's reason, so a wrong `tls` block reads as such.
+pub fn worker_ready(h: &WorkerHealth<'_>) -> Cond {
+    let connection = h.connection.map(|(reason, message)| Cond {
+        status: "False",
+        reason: CONNECTION_REASONS
+            .iter()
+            .find(|r| **r == reason)
+            .copied()
+            .unwrap_or("SqlConnectionFailed"),
+        message: format!(
+            "worker {}/{} cannot connect to SQL Server: {message}",
+            h.namespace, h.name
+        ),
+    });
+    if h.available == 0 {
+        return connection.unwrap_or_else(|| Cond {
+            status: "False",
+            reason: "DeploymentUnavailable",
+            message: format!(
+                "worker {}/{} has no available pod (a worker is ready once it can reach SQL Server; see its logs)",
+                h.namespace, h.name
+            ),
+        });
+    }
+    if h.stale && h.holder.is_some() {
+        return Cond {
+            status: "False",
+            reason: "LeaseExpired",
+            message: "the worker stopped renewing its Lease; its pods were restarted".into(),
+        };
+    }
+    let Some(holder) = h.holder else {
+        return Cond {
+            status: "False",
+            reason: "LeaseNotHeld",
+            message: "no worker pod holds the Lease yet".into(),
+        };
+    };
+    connection.unwrap_or_else(|| Cond {
+        status: "True",
+        reason: "LeaseHeld",
+        message: format!("worker pod {holder} holds the Lease"),
+    })
 }
 
 async fn write_status<K: ConfigKindExt>(
@@ -427,5 +493,102 @@ async fn publish<K: ConfigKindExt>(ctx: &Ctx, obj: &K, type_: EventType, reason:
     };
     if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
         tracing::warn!(error = %e, "cannot publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_ready_table() {
+        let base = WorkerHealth {
+            namespace: "ns",
+            name: "w",
+            available: 1,
+            stale: false,
+            holder: Some("w-pod"),
+            connection: None,
+        };
+        let untrusted = Some((
+            "CertificateUntrusted",
+            "the server's TLS certificate is not signed by a trusted CA (UnknownIssuer)",
+        ));
+        // (why, health, status, reason, words in the message)
+        let rows: Vec<(&str, WorkerHealth<'_>, &str, &str, &str)> = vec![
+            (
+                "holder renews and reaches SQL",
+                WorkerHealth { ..base },
+                "True",
+                "LeaseHeld",
+                "w-pod",
+            ),
+            (
+                "wrong CA: the pod is unready and the Lease says why",
+                WorkerHealth {
+                    available: 0,
+                    connection: untrusted,
+                    ..base
+                },
+                "False",
+                "CertificateUntrusted",
+                "not signed by a trusted CA",
+            ),
+            (
+                "the failure is reported even before readiness catches up",
+                WorkerHealth {
+                    connection: Some(("CertificateNameMismatch", "does not match the host name")),
+                    ..base
+                },
+                "False",
+                "CertificateNameMismatch",
+                "cannot connect to SQL Server: does not match",
+            ),
+            (
+                "an unknown reason from a newer worker is still a failure",
+                WorkerHealth {
+                    available: 0,
+                    connection: Some(("SomethingNew", "boom")),
+                    ..base
+                },
+                "False",
+                "SqlConnectionFailed",
+                "boom",
+            ),
+            (
+                "unavailable without a report",
+                WorkerHealth {
+                    available: 0,
+                    holder: None,
+                    ..base
+                },
+                "False",
+                "DeploymentUnavailable",
+                "no available pod",
+            ),
+            (
+                "stuck holder beats a connection report",
+                WorkerHealth {
+                    stale: true,
+                    connection: untrusted,
+                    ..base
+                },
+                "False",
+                "LeaseExpired",
+                "stopped renewing",
+            ),
+            (
+                "no holder yet",
+                WorkerHealth { holder: None, ..base },
+                "False",
+                "LeaseNotHeld",
+                "no worker pod",
+            ),
+        ];
+        for (why, health, status, reason, words) in rows {
+            let c = worker_ready(&health);
+            assert_eq!((c.status, c.reason), (status, reason), "{why}: {c:?}");
+            assert!(c.message.contains(words), "{why}: {:?}", c.message);
+        }
     }
 }

@@ -10,7 +10,7 @@ use crate::{
     sql::Password,
 };
 use apis::{
-    constants::{QUEUE_GROUP, VERSION},
+    constants::{ANNOTATION_CONNECTION_ERROR, ANNOTATION_CONNECTION_ERROR_REASON, QUEUE_GROUP, VERSION},
     generated::workitems::{WorkItem, WorkItemOperation},
     identifier::SqlName,
     policies::Policies,
@@ -212,6 +212,36 @@ impl SecretSource for KubeSecrets {
     }
 }
 
+/// The merge patch of the Lease's annotations that reports the last SQL ping: the failure's
+/// reason and message while it fails, neither once it works. The provider turns them into the
+/// config's `WorkerReady` condition (a worker whose CA is wrong says so there).
+pub fn connection_report(error: Option<&crate::sql::error::SqlError>) -> Value {
+    match error {
+        Some(e) => json!({"metadata": {"annotations": {
+            ANNOTATION_CONNECTION_ERROR_REASON: e.kind.label(),
+            // Annotation values have no length limit of their own, but the whole set does.
+            ANNOTATION_CONNECTION_ERROR: e.to_string().chars().take(1000).collect::<String>(),
+        }}}),
+        None => json!({"metadata": {"annotations": {
+            ANNOTATION_CONNECTION_ERROR_REASON: null,
+            ANNOTATION_CONNECTION_ERROR: null,
+        }}}),
+    }
+}
+
+/// Applies a [`connection_report`] to the worker's Lease (its Role allows `patch` on it).
+pub async fn report_connection(
+    client: &Client,
+    namespace: &str,
+    lease: &str,
+    patch: &Value,
+) -> kube::Result<()> {
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), namespace)
+        .patch(lease, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(drop)
+}
+
 /// Reads the CA bundle named by `TLS_CA`.
 pub async fn read_ca(client: &Client, ca: &CaSource) -> Result<Vec<u8>, String> {
     let missing = || format!("CA {}/{} has no key {}", ca.namespace, ca.name, ca.key);
@@ -361,5 +391,30 @@ mod unchanged_tests {
             "drift is a change"
         );
         assert!(!status_unchanged(None, &doc("x", true)), "no status yet");
+    }
+
+    #[test]
+    fn connection_report_sets_and_clears_the_lease_annotations() {
+        use crate::sql::error::SqlError;
+        let failing = connection_report(Some(&SqlError::tls("invalid peer certificate: UnknownIssuer")));
+        let annotations = &failing["metadata"]["annotations"];
+        assert_eq!(
+            annotations[ANNOTATION_CONNECTION_ERROR_REASON],
+            "CertificateUntrusted"
+        );
+        assert!(
+            annotations[ANNOTATION_CONNECTION_ERROR]
+                .as_str()
+                .is_some_and(|m| m.contains("not signed by a trusted CA")),
+            "the message says what is wrong: {annotations}"
+        );
+        // A working ping removes both (null in a merge patch deletes the key).
+        let ok = connection_report(None);
+        assert!(ok["metadata"]["annotations"][ANNOTATION_CONNECTION_ERROR_REASON].is_null());
+        assert!(
+            ok["metadata"]["annotations"]
+                .as_object()
+                .is_some_and(|a| a.len() == 2)
+        );
     }
 }

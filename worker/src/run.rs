@@ -147,6 +147,8 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_ping = Instant::now() - Duration::from_secs(60);
     let mut was_leader = false;
+    // The connection report last written to the Lease (none yet).
+    let reported: Arc<tokio::sync::Mutex<Option<serde_json::Value>>> = Arc::default();
 
     let result = loop {
         tokio::select! {
@@ -224,8 +226,31 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
                 if now.duration_since(last_ping) >= Duration::from_secs(10) {
                     last_ping = now;
                     let (pool, health) = (pool.clone(), health.clone());
+                    let (client, reported) = (client.clone(), reported.clone());
+                    let (namespace, lease_name) = (config.namespace.clone(), config.worker_name.clone());
                     tokio::spawn(async move {
-                        health.sql_ok.store(pool.ping().await.is_ok(), Ordering::Relaxed);
+                        let result = pool.ping().await;
+                        health.sql_ok.store(result.is_ok(), Ordering::Relaxed);
+                        // Report on the Lease (and in the log) only what changed; the first
+                        // ping always, to clear what a previous holder left.
+                        let report = k8s::connection_report(result.as_ref().err());
+                        let mut last = reported.lock().await;
+                        if last.as_ref() != Some(&report) {
+                            match &result {
+                                Err(e) => tracing::warn!(reason = e.kind.label(), error = %e, "cannot reach SQL Server"),
+                                Ok(()) => tracing::info!("SQL Server reachable"),
+                            }
+                            let write = tokio::time::timeout(
+                                Duration::from_secs(10),
+                                k8s::report_connection(&client, &namespace, &lease_name, &report),
+                            )
+                            .await;
+                            match write {
+                                Ok(Ok(())) => *last = Some(report),
+                                Ok(Err(e)) => tracing::warn!(error = %e, "cannot report the SQL connection state on the Lease"),
+                                Err(_) => tracing::warn!("reporting the SQL connection state on the Lease timed out"),
+                            }
+                        }
                     });
                 }
                 dispatch(&mut scheduler, &store, &reconciler, &permits, &done_tx, now);

@@ -19,6 +19,14 @@ pub enum ErrorKind {
     AuthFailed,
     /// Worth retrying as is: I/O, timeouts, deadlocks, Azure throttling and failover.
     Transient,
+    /// The server's TLS certificate is not signed by a CA the worker trusts (or is expired,
+    /// not yet valid, or otherwise invalid): `tls.caSecretRef`/`caConfigMapRef` is wrong.
+    CertificateUntrusted,
+    /// The server's TLS certificate does not hold the host name the worker checks:
+    /// `tls.hostNameInCertificate` (or the endpoint host) is wrong.
+    CertificateNameMismatch,
+    /// Any other TLS failure (handshake, protocol, a CA bundle that does not parse).
+    TlsFailed,
     /// The server refused the request itself (password policy, bad option combination,
     /// unknown collation): retrying without a spec change will not help.
     Invalid,
@@ -38,6 +46,9 @@ impl ErrorKind {
             Self::PermissionDenied => "PermissionDenied",
             Self::AuthFailed => "AuthFailed",
             Self::Transient => "Transient",
+            Self::CertificateUntrusted => "CertificateUntrusted",
+            Self::CertificateNameMismatch => "CertificateNameMismatch",
+            Self::TlsFailed => "TlsFailed",
             Self::Invalid => "Invalid",
             Self::LostLease => "LostLease",
             Self::Other => "Other",
@@ -113,12 +124,70 @@ impl SqlError {
         match e {
             E::Server(t) => Self::server(t.code(), scrub(t.message())),
             E::Io { message, .. } => Self::new(ErrorKind::Transient, format!("I/O: {}", scrub(message))),
-            E::Tls(m) => Self::new(ErrorKind::Transient, format!("TLS: {m}")),
+            E::Tls(m) => Self::tls(m),
             E::Routing { host, port } => Self::new(
                 ErrorKind::Transient,
                 format!("server redirected more than once (last to {host}:{port})"),
             ),
             other => Self::new(ErrorKind::Other, scrub(&other.to_string())),
+        }
+    }
+
+    /// Categorizes a TLS failure from its text (tiberius hands rustls's certificate error over
+    /// as a string): which certificate problem it is, in words that name the setting to fix,
+    /// without tiberius's advice about its own API (`trust_cert()` and friends).
+    pub fn tls(raw: &str) -> Self {
+        // tiberius: "the server's certificate was rejected during the TLS handshake: <rustls
+        // CertificateError>.<hint> To connect anyway you can: …"
+        const REJECTED: &str = "rejected during the TLS handshake: ";
+        let certificate = raw.find(REJECTED).map(|at| {
+            let rest = &raw[at + REJECTED.len()..];
+            let end = [". To connect anyway", ". The SQL Server presented"]
+                .iter()
+                .filter_map(|m| rest.find(m))
+                .min()
+                .unwrap_or(rest.len());
+            rest[..end].trim_end_matches('.').to_owned()
+        });
+        let Some(detail) = certificate else {
+            // rustls errors outside certificate validation, as tiberius renders them.
+            if raw.contains("InvalidCertificate") || raw.contains("invalid peer certificate") {
+                return Self::tls_certificate(raw.to_owned());
+            }
+            return Self::new(
+                ErrorKind::TlsFailed,
+                format!("TLS handshake with SQL Server failed: {raw}"),
+            );
+        };
+        Self::tls_certificate(detail)
+    }
+
+    fn tls_certificate(detail: String) -> Self {
+        if detail.contains("not valid for name") || detail.contains("NotValidForName") {
+            Self::new(
+                ErrorKind::CertificateNameMismatch,
+                format!(
+                    "the server's TLS certificate does not match the host name ({detail}); set \
+                     tls.hostNameInCertificate to a name the certificate holds"
+                ),
+            )
+        } else {
+            let what = if detail.contains("UnknownIssuer") {
+                "is not signed by a trusted CA"
+            } else if detail.contains("expired") || detail.contains("Expired") {
+                "has expired"
+            } else if detail.contains("not valid yet") || detail.contains("NotValidYet") {
+                "is not valid yet"
+            } else {
+                "was rejected"
+            };
+            Self::new(
+                ErrorKind::CertificateUntrusted,
+                format!(
+                    "the server's TLS certificate {what} ({detail}); set tls.caSecretRef or \
+                     tls.caConfigMapRef to the CA that issued it"
+                ),
+            )
         }
     }
 
@@ -164,6 +233,9 @@ mod tests {
             ErrorKind::PermissionDenied,
             ErrorKind::AuthFailed,
             ErrorKind::Transient,
+            ErrorKind::CertificateUntrusted,
+            ErrorKind::CertificateNameMismatch,
+            ErrorKind::TlsFailed,
             ErrorKind::Invalid,
             ErrorKind::LostLease,
             ErrorKind::Other,
@@ -171,10 +243,94 @@ mod tests {
         .iter()
         .map(|k| k.label())
         .collect();
-        assert_eq!(labels.len(), 9, "labels are distinct");
+        assert_eq!(labels.len(), 12, "labels are distinct");
         assert_eq!(
             SqlError::server(3702, "in use").to_string(),
             "InUse (SQL error 3702): in use"
         );
+    }
+
+    /// What tiberius 0.13 on rustls 0.23 says for each certificate problem (texts as rendered
+    /// by `map_handshake_error` and rustls's `CertificateError` Display), and what we make of it.
+    #[test]
+    fn tls_failures_name_the_certificate_problem() {
+        const ADVICE: &str = " To connect anyway you can: (1) trust a specific CA certificate with \
+            `Config::trust_cert_ca(path)` … (3) skip certificate validation entirely with `Config::trust_cert()`";
+        let rejected = |detail: &str| {
+            format!("the server's certificate was rejected during the TLS handshake: {detail}.{ADVICE}")
+        };
+        // (why, tiberius text, kind, words the message must hold)
+        let cases: Vec<(&str, String, ErrorKind, &[&str])> = vec![
+            (
+                "wrong CA: rustls renders UnknownIssuer with Debug",
+                rejected("UnknownIssuer"),
+                ErrorKind::CertificateUntrusted,
+                &["not signed by a trusted CA", "UnknownIssuer", "tls.caSecretRef"],
+            ),
+            (
+                "wrong host name: rustls 0.23 names what the certificate is valid for",
+                rejected(
+                    "certificate not valid for name \"wrong.test.local\"; certificate is only valid for \
+                     DnsName(\"sql.test.local\") or IpAddress(127.0.0.1)",
+                ),
+                ErrorKind::CertificateNameMismatch,
+                &[
+                    "does not match the host name",
+                    "wrong.test.local",
+                    "sql.test.local",
+                    "tls.hostNameInCertificate",
+                ],
+            ),
+            (
+                "older rustls: the name error without context",
+                rejected("NotValidForName"),
+                ErrorKind::CertificateNameMismatch,
+                &["NotValidForName"],
+            ),
+            (
+                "expired server certificate",
+                rejected(
+                    "certificate expired: verification time 2000 (UNIX), but certificate is not valid after 1000 (1000 seconds ago)",
+                ),
+                ErrorKind::CertificateUntrusted,
+                &["has expired", "tls.caSecretRef"],
+            ),
+            (
+                "tiberius's old-certificate hint is cut with its advice",
+                format!(
+                    "the server's certificate was rejected during the TLS handshake: Other(UnsupportedCertVersion). \
+                     The SQL Server presented a certificate rustls considers too old.{ADVICE}"
+                ),
+                ErrorKind::CertificateUntrusted,
+                &["was rejected", "UnsupportedCertVersion"],
+            ),
+            (
+                "a handshake failure that is not about the certificate",
+                "received fatal alert: HandshakeFailure".to_owned(),
+                ErrorKind::TlsFailed,
+                &["TLS handshake with SQL Server failed", "HandshakeFailure"],
+            ),
+            (
+                "the certificate error without tiberius's wrapper",
+                "invalid peer certificate: UnknownIssuer".to_owned(),
+                ErrorKind::CertificateUntrusted,
+                &["not signed by a trusted CA"],
+            ),
+        ];
+        for (why, raw, kind, words) in cases {
+            let e = SqlError::tls(&raw);
+            assert_eq!(e.kind, kind, "{why}: {e}");
+            for w in words {
+                assert!(e.message.contains(w), "{why}: {w:?} missing from {:?}", e.message);
+            }
+            assert!(
+                !e.message.contains("trust_cert"),
+                "{why}: tiberius's API advice is dropped: {}",
+                e.message
+            );
+            let via_tiberius =
+                SqlError::from_tiberius(&tiberius::error::Error::Tls(raw.clone()), &|s| s.to_owned());
+            assert_eq!(via_tiberius, e, "{why}: from_tiberius routes TLS errors here");
+        }
     }
 }
