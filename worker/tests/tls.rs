@@ -71,7 +71,15 @@ async fn certificate_checks_with_a_test_ca() {
     let port = emu.addr().port();
 
     // (why, mode, CA, host name in certificate, trust, expected failure)
-    let cases: Vec<(&str, TlsMode, Option<&str>, Option<&str>, bool, Option<ErrorKind>)> = vec![
+    type Case<'a> = (
+        &'a str,
+        TlsMode,
+        Option<&'a str>,
+        Option<&'a str>,
+        bool,
+        Option<ErrorKind>,
+    );
+    let cases: Vec<Case<'_>> = vec![
         (
             "Required with the CA, checked against the IP SAN",
             TlsMode::Required,

@@ -353,6 +353,9 @@ pub fn suite_env(session: &Session, cmd: &mut Command) -> Result<()> {
     .join(":");
     cmd.env("PATH", path)
         .env("KUBECONFIG", session.dir.join("kubeconfig"))
+        // kuttl replaces KUBECONFIG with its own copy: the environment's directory (pod
+        // directories with each pod's kubeconfig, logs) is named here.
+        .env("TESTENV_DIR", &session.dir)
         .env("SQL_TEST_HOST", "127.0.0.1")
         .env("SQL_TEST_PORT", session.sql_port.to_string())
         .env("SQL_TEST_USER", "sa")
@@ -366,11 +369,17 @@ pub fn suite_env(session: &Session, cmd: &mut Command) -> Result<()> {
 
 /// Runs the kuttl suite in `kuttl-tests/<suite>` against a session.
 pub fn run_suite(session: &Session, suite: &str) -> Result<()> {
+    run_suite_with(session, suite, &[])
+}
+
+/// [`run_suite`] with more environment variables for the suite's scripts.
+pub fn run_suite_with(session: &Session, suite: &str, extra_env: &[(&str, String)]) -> Result<()> {
     let dir = workspace_root().join("kuttl-tests").join(suite);
     let mut cmd = Command::new(&session.env.tools.kuttl);
     cmd.args(["test", "--config", "kuttl-test.yaml"])
         .current_dir(&dir);
     suite_env(session, &mut cmd)?;
+    cmd.envs(extra_env.iter().map(|(k, v)| (k, v)));
     let mut child = cmd.spawn().context("starting kubectl-kuttl")?;
     let started = Instant::now();
     loop {
@@ -400,12 +409,19 @@ pub fn all_suites() -> Result<()> {
     let started = Instant::now();
     let session = start_env(&format!("test-{}", std::process::id()))?;
     eprintln!("    environment and emulator up in {:.0?}", started.elapsed());
-    let result = (|| -> Result<()> {
+    let mut recorder = None;
+    let suites = (|| -> Result<()> {
         run_suite(&session, "testenv")?;
         run_suite(&session, "cel")?;
         install(&session)?;
-        run_suite(&session, "e2e")
+        // Records every status, event and WorkItem from here on, for the secret scan.
+        recorder = Some(crate::scan::Recorder::start(&session)?);
+        run_suite(&session, "e2e")?;
+        provider_suites(&session)
     })();
+    // Last, whatever the suites did: no secret in any status, event, WorkItem or log line.
+    let scanned = crate::scan::run(&session, recorder);
+    let result = suites.and(scanned);
     let dir = session.dir.clone();
     if result.is_err() {
         eprintln!("    logs kept in {}/logs", dir.display());
@@ -416,10 +432,35 @@ pub fn all_suites() -> Result<()> {
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
 }
 
-/// `cargo xtask e2e`: start, run the e2e suite, stop (even on failure).
-pub fn run() -> Result<()> {
+/// The suites after e2e that need the provider: TLS with a test CA (its own emulator) and
+/// RBAC isolation between workers.
+pub fn provider_suites(session: &Session) -> Result<()> {
+    crate::tls::run_suite(session)?;
+    run_suite(session, "isolation")
+}
+
+/// `cargo xtask e2e [--suite …]`: start, run the suites (default `e2e`; also `tls`,
+/// `isolation`, and `scan`, the secret scan), stop (even on failure).
+pub fn run(suites: &[String]) -> Result<()> {
     let session = start(&format!("e2e-{}", std::process::id()))?;
-    let result = run_suite(&session, "e2e");
+    let result = (|| -> Result<()> {
+        if suites.is_empty() {
+            return run_suite(&session, "e2e");
+        }
+        let mut recorder = suites
+            .iter()
+            .any(|s| s == "scan")
+            .then(|| crate::scan::Recorder::start(&session))
+            .transpose()?;
+        for suite in suites {
+            match suite.as_str() {
+                "tls" => crate::tls::run_suite(&session)?,
+                "scan" => crate::scan::run(&session, recorder.take())?,
+                other => run_suite(&session, other)?,
+            }
+        }
+        Ok(())
+    })();
     let dir = session.dir.clone();
     let stopped = session.stop();
     result?;

@@ -12,8 +12,10 @@ mod codegen;
 mod demo;
 mod e2e;
 mod emulator;
+mod scan;
 mod test;
 mod testenv;
+mod tls;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -43,7 +45,12 @@ enum Command {
         action: testenv::Action,
     },
     /// Run the kuttl end-to-end suite on a fresh local environment (started and stopped).
-    E2e,
+    E2e {
+        /// Suites to run instead of `e2e` (repeatable, in order): a kuttl-tests/ directory,
+        /// `tls` (with its own emulator) or `scan` (the secret scan).
+        #[arg(long = "suite", value_name = "SUITE")]
+        suites: Vec<String>,
+    },
     /// Run the kuttl CEL suite against a running environment (`cargo xtask testenv up`).
     Cel,
     /// Bring up the local environment with the emulator and the provider, apply examples/, and
@@ -62,7 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::Gen { check } => codegen::run(check),
         Command::Test(args) => test::run(&args),
         Command::Testenv { action } => testenv::run(action),
-        Command::E2e => e2e::run(),
+        Command::E2e { suites } => e2e::run(&suites),
         Command::Cel => cel::cel(),
         Command::Demo { down } => demo::run(down),
         Command::Bench(args) => bench::run(&args),
