@@ -261,18 +261,15 @@ pub fn build(
     };
     let mut own_rules = vec![
         rule(&[QUEUE_GROUP], &["workitems"], &["get", "list", "watch"], &[]),
-        rule(
-            &[QUEUE_GROUP],
-            &["workitems/status"],
-            &["get", "patch", "update"],
-            &[],
-        ),
+        // Status is only ever server-side applied (a patch): no get or update on it.
+        rule(&[QUEUE_GROUP], &["workitems/status"], &["patch"], &[]),
         // `create` cannot be limited by name; everything else on Leases is this worker's only.
+        // kube-lease-manager and the connection report only read and patch it.
         rule(&["coordination.k8s.io"], &["leases"], &["create"], &[]),
         rule(
             &["coordination.k8s.io"],
             &["leases"],
-            &["get", "update", "patch"],
+            &["get", "patch"],
             std::slice::from_ref(&name),
         ),
         rule(&["", "events.k8s.io"], &["events"], &["create", "patch"], &[]),
@@ -755,6 +752,70 @@ mod tests {
         );
         let sa = objects.service_account.as_ref().unwrap();
         assert_eq!(sa.metadata.name.as_deref(), Some("sqlserver-worker-pc-sql1"));
+    }
+
+    /// The worker's own Role, rule by rule: exactly the calls the worker makes (worker/README.md),
+    /// so a widened grant fails here.
+    #[test]
+    fn worker_role_is_exactly_what_the_worker_calls() {
+        let (id, server) = pc(
+            "  endpoint: {host: h}\n  credentials: {source: Secret, secretRef: {name: sa-login}}\n  tls: {mode: Strict, caConfigMapRef: {name: ca, key: ca.crt}}\n",
+        );
+        let objects = build(&id, &server, "p", "worker:dev", "json", TEN_MINUTES);
+        let rules: Vec<(String, String, Vec<String>, Vec<String>)> = objects.access[0]
+            .0
+            .rules
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.api_groups.unwrap_or_default().join(","),
+                    r.resources.unwrap_or_default().join(","),
+                    r.verbs,
+                    r.resource_names.unwrap_or_default(),
+                )
+            })
+            .collect();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let name = "sqlserver-worker-pc-sql1";
+        assert_eq!(
+            rules,
+            vec![
+                (
+                    QUEUE_GROUP.into(),
+                    "workitems".into(),
+                    s(&["get", "list", "watch"]),
+                    vec![]
+                ),
+                (
+                    QUEUE_GROUP.into(),
+                    "workitems/status".into(),
+                    s(&["patch"]),
+                    vec![]
+                ),
+                (
+                    "coordination.k8s.io".into(),
+                    "leases".into(),
+                    s(&["create"]),
+                    vec![]
+                ),
+                (
+                    "coordination.k8s.io".into(),
+                    "leases".into(),
+                    s(&["get", "patch"]),
+                    s(&[name])
+                ),
+                (
+                    ",events.k8s.io".into(),
+                    "events".into(),
+                    s(&["create", "patch"]),
+                    vec![]
+                ),
+                ("".into(), "secrets".into(), s(&["get"]), s(&["sa-login"])),
+                ("".into(), "configmaps".into(), s(&["get"]), s(&["ca"])),
+            ]
+        );
     }
 
     #[test]
