@@ -25,9 +25,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::{
     collections::BTreeMap,
-    io::{BufReader, Read, Write},
+    io::{BufReader, Write},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -417,11 +417,6 @@ fn record(
     }
 }
 
-fn stop_child(mut child: Child) {
-    kill(child.id());
-    let _ = child.wait();
-}
-
 /// Every file under `dir`, recursively.
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -463,18 +458,12 @@ pub fn run(session: &Session, recorder: Option<Recorder>) -> Result<()> {
     let snapshot_dir = objects_dir(session).join("final");
     std::fs::create_dir_all(&snapshot_dir)?;
     for kind in recorded_types(session)? {
-        let child = session
+        let out = session
             .kubectl()
             .args(["get", &kind, "-A", "-o", "json"])
-            .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .spawn()?;
-        let mut text = String::new();
-        let mut child = child;
-        if let Some(mut o) = child.stdout.take() {
-            o.read_to_string(&mut text)?;
-        }
-        stop_child(child);
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
         let list: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let items: Vec<String> = list["items"]
             .as_array()
