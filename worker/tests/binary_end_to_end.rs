@@ -94,11 +94,9 @@ async fn apiserver(State(world): State<Shared>, method: Method, uri: Uri, body: 
             }
             Method::PATCH => match w.lease.as_mut() {
                 Some(l) => {
-                    let spec = body.get("spec").cloned().unwrap_or(Value::Null);
-                    merge(
-                        l.as_object_mut().unwrap().entry("spec").or_insert(json!({})),
-                        &spec,
-                    );
+                    // The whole body: the holder's patches carry `spec`, its SQL connection
+                    // report `metadata.annotations`.
+                    merge(l, &body);
                     l["metadata"]["resourceVersion"] = json!(rv);
                     json_response(StatusCode::OK, l.clone())
                 }
