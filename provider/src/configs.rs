@@ -52,6 +52,9 @@ use std::{fmt::Debug, sync::Arc, time::Duration};
 const LEASE_STALE_AFTER: Duration = Duration::from_secs(60);
 /// How often a config's worker health is re-read.
 const RESYNC: Duration = Duration::from_secs(30);
+/// Re-read interval while the worker is not ready: what the worker reports on its Lease (a
+/// certificate problem, say) reaches `WorkerReady` this soon, as Lease changes are not watched.
+const RESYNC_NOT_READY: Duration = Duration::from_secs(10);
 
 /// What both config kinds provide to the reconciler.
 pub trait ConfigKindExt:
@@ -328,6 +331,11 @@ async fn reconcile_inner<K: ConfigKindExt>(obj: &K, ctx: &Ctx) -> Result<Action,
         reason: reason::AVAILABLE,
         message: String::new(),
     };
+    let resync = if worker_ready.status == "True" {
+        RESYNC
+    } else {
+        RESYNC_NOT_READY
+    };
     let mut conditions = vec![(condition::READY, ready), (condition::WORKER_READY, worker_ready)];
     if server.tls.trust_server_certificate {
         conditions.push((
@@ -349,7 +357,7 @@ async fn reconcile_inner<K: ConfigKindExt>(obj: &K, ctx: &Ctx) -> Result<Action,
         "oldestPendingAgeSeconds": oldest,
     });
     write_status(&api, obj, &old, &conditions, users, Some(worker_status)).await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(resync))
 }
 
 /// What the provider knows about a config's worker.
