@@ -374,7 +374,8 @@ pub struct WorkerHealth<'a> {
     /// The Lease holder.
     pub holder: Option<&'a str>,
     /// What the Lease holder last reported about its SQL connection (annotations on the
-    /// Lease): the worker's error reason and message; none while it connects.
+    /// Lease): the worker's error reason and message; none while it connects. Ignored on a
+    /// stale Lease.
     pub connection: Option<(&'a str, &'a str)>,
 }
 
@@ -395,7 +396,8 @@ const CONNECTION_REASONS: &[&str] = &[
 /// own reason (a certificate the CA does not sign, a host name the certificate lacks, a
 /// refused login) is the condition's reason, so a wrong `tls` block reads as such.
 pub fn worker_ready(h: &WorkerHealth<'_>) -> Cond {
-    let connection = h.connection.map(|(reason, message)| Cond {
+    // A report on a Lease nobody renews is stale: its writer is gone.
+    let connection = h.connection.filter(|_| !h.stale).map(|(reason, message)| Cond {
         status: "False",
         reason: CONNECTION_REASONS
             .iter()
@@ -562,6 +564,18 @@ mod tests {
                 "False",
                 "SqlConnectionFailed",
                 "boom",
+            ),
+            (
+                "a report left on a Lease nobody renews is not repeated",
+                WorkerHealth {
+                    available: 0,
+                    stale: true,
+                    connection: untrusted,
+                    ..base
+                },
+                "False",
+                "DeploymentUnavailable",
+                "no available pod",
             ),
             (
                 "unavailable without a report",
