@@ -268,7 +268,23 @@ async fn reconcile_inner<K: ConfigKindExt>(obj: &K, ctx: &Ctx) -> Result<Action,
         .map(|t| t.0);
     let stale = renewed
         .is_some_and(|t| Timestamp::now().duration_since(t).as_secs() > LEASE_STALE_AFTER.as_secs() as i64);
-    let worker_ready = if available == 0 {
+    // What the Lease holder says about SQL Server: a missing or wrong identity, a refused
+    // login or an unreachable server has a precise reason, not just "no available pod".
+    let sql_status = lease
+        .as_ref()
+        .and_then(|l| l.metadata.annotations.as_ref())
+        .and_then(|a| a.get(apis::queue::env::LEASE_SQL_STATUS_ANNOTATION))
+        .and_then(|s| parse_sql_status(s));
+    let worker_ready = if let (Some((reason, message)), Some(_), false) = (&sql_status, &holder, stale) {
+        Cond {
+            status: "False",
+            reason: *reason,
+            message: format!(
+                "worker {}/{} cannot use SQL Server: {message}",
+                objects.namespace, objects.name
+            ),
+        }
+    } else if available == 0 {
         Cond {
             status: "False",
             reason: "DeploymentUnavailable",
@@ -364,6 +380,17 @@ async fn reconcile_inner<K: ConfigKindExt>(obj: &K, ctx: &Ctx) -> Result<Action,
     Ok(Action::requeue(RESYNC))
 }
 
+/// The reasons a worker may write on its Lease (`<Reason>: <message>`); anything else is
+/// ignored, so a condition reason is always one of ours.
+const SQL_STATUS_REASONS: [&str; 3] = ["CredentialsUnavailable", "LoginFailed", "CannotConnect"];
+
+/// Splits a worker's SQL status annotation into a known reason and its message.
+pub fn parse_sql_status(text: &str) -> Option<(&'static str, String)> {
+    let (reason, message) = text.split_once(": ")?;
+    let reason = SQL_STATUS_REASONS.into_iter().find(|r| *r == reason)?;
+    Some((reason, message.chars().take(900).collect()))
+}
+
 async fn write_status<K: ConfigKindExt>(
     api: &Api<K>,
     obj: &K,
@@ -427,5 +454,40 @@ async fn publish<K: ConfigKindExt>(ctx: &Ctx, obj: &K, type_: EventType, reason:
     };
     if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
         tracing::warn!(error = %e, "cannot publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_sql_status;
+
+    #[test]
+    fn worker_sql_status_annotation() {
+        // (why, annotation, expected)
+        let cases = [
+            (
+                "identity missing or wrong",
+                "CredentialsUnavailable: credential source AzureWorkloadIdentity: AADSTS700213",
+                Some((
+                    "CredentialsUnavailable",
+                    "credential source AzureWorkloadIdentity: AADSTS700213",
+                )),
+            ),
+            (
+                "login refused",
+                "LoginFailed: SQL error 18456: Login failed",
+                Some(("LoginFailed", "SQL error 18456: Login failed")),
+            ),
+            (
+                "an unknown reason never becomes a condition reason",
+                "Whatever: x",
+                None,
+            ),
+            ("malformed", "CannotConnect", None),
+        ];
+        for (why, text, want) in cases {
+            let got = parse_sql_status(text);
+            assert_eq!(got.as_ref().map(|(r, m)| (*r, m.as_str())), want, "{why}");
+        }
     }
 }

@@ -9,9 +9,13 @@
 //!                              status SSA (WORKER_MANAGER) ◀── completions
 //! ```
 
+use crate::sql::error::{ErrorKind, SqlError};
 use crate::{
     config::{Auth, LogFormat, WorkerConfig},
-    exec::{SqlPool, credentials::SecretCredentials},
+    exec::{
+        SqlPool,
+        credentials::{AwsSecretCredentials, CredentialSource, EntraCredentials, SecretCredentials},
+    },
     health::{self, Health},
     k8s,
     metrics::Metrics,
@@ -72,20 +76,27 @@ const LEASE_GRACE_SECONDS: u64 = 5;
 /// Runs the worker until it loses the Lease or fails.
 pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
     init_logging(config.log_format);
-    let credentials = match &config.auth {
-        Auth::Secret { user, password } => Arc::new(SecretCredentials::new(user.clone(), password.clone())),
-        Auth::NotYetSupported(m) => {
-            return Err(RunError::Startup(format!(
-                "AUTH_METHOD={m} is not available in this worker version; use Secret"
-            )));
-        }
-    };
     let client = Client::try_default()
         .await
         .map_err(|e| RunError::Startup(format!("Kubernetes client: {e}")))?;
     if let Some(ca) = &config.ca {
         config.server.tls.ca_pem = Some(k8s::read_ca(&client, ca).await.map_err(RunError::Startup)?);
     }
+    let credentials: Arc<dyn CredentialSource> = match &config.auth {
+        Auth::Secret { user, password } => Arc::new(SecretCredentials::new(user.clone(), password.clone())),
+        Auth::Entra {
+            identity,
+            authority_ca,
+        } => {
+            let pem = match authority_ca {
+                Some(ca) => Some(k8s::read_ca(&client, ca).await.map_err(RunError::Startup)?),
+                None => None,
+            };
+            Arc::new(EntraCredentials::new(identity.clone(), pem))
+        }
+        Auth::AwsSecretsManager(secret) => Arc::new(AwsSecretCredentials::new(secret.clone())),
+    };
+    tracing::info!(source = credentials.label(), "credential source");
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let listener = tokio::net::TcpListener::bind(config.bind)
@@ -114,6 +125,11 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
     let (mut leader_rx, lease_task) = lease.watch().await;
 
     let pool = Arc::new(SqlPool::new(config.server.clone(), credentials, metrics.clone()));
+    let reporter = Arc::new(StatusReporter {
+        leases: Api::namespaced(client.clone(), &config.namespace),
+        name: config.worker_name.clone(),
+        last: tokio::sync::Mutex::new(None),
+    });
     let gate: Arc<dyn LeaderGate> = Arc::new(leader_rx.clone());
     let reconciler = Arc::new(Reconciler {
         pool: pool.clone(),
@@ -223,9 +239,11 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
                 }
                 if now.duration_since(last_ping) >= Duration::from_secs(10) {
                     last_ping = now;
-                    let (pool, health) = (pool.clone(), health.clone());
+                    let (pool, health, reporter) = (pool.clone(), health.clone(), reporter.clone());
                     tokio::spawn(async move {
-                        health.sql_ok.store(pool.ping().await.is_ok(), Ordering::Relaxed);
+                        let result = pool.ping().await;
+                        health.sql_ok.store(result.is_ok(), Ordering::Relaxed);
+                        reporter.report(sql_status(result.as_ref().err())).await;
                     });
                 }
                 dispatch(&mut scheduler, &store, &reconciler, &permits, &done_tx, now);
@@ -238,6 +256,55 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
     drop(leader_rx);
     let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
     result
+}
+
+/// Why the Lease holder cannot reach SQL Server, as `<Reason>: <message>` for the config's
+/// `WorkerReady` condition; `None` when it can. Reasons: `CredentialsUnavailable` (no token
+/// or secret could be had: the identity is missing or wrong), `LoginFailed` (SQL Server
+/// refused the login, 18456), `CannotConnect` (anything else: network, TLS, timeouts).
+pub fn sql_status(error: Option<&SqlError>) -> Option<String> {
+    let e = error?;
+    let reason = match (e.kind, e.number) {
+        (ErrorKind::AuthFailed, None) => "CredentialsUnavailable",
+        (ErrorKind::AuthFailed, Some(_)) => "LoginFailed",
+        _ => "CannotConnect",
+    };
+    let mut message: String = e.message.chars().take(900).collect();
+    if let Some(n) = e.number {
+        message = format!("SQL error {n}: {message}");
+    }
+    Some(format!("{reason}: {message}"))
+}
+
+/// Writes [`sql_status`] on the worker's Lease (annotation
+/// [`apis::queue::env::LEASE_SQL_STATUS_ANNOTATION`]) when it changes. The Lease is the one
+/// object the worker may write besides WorkItems; the provider reads it anyway.
+struct StatusReporter {
+    leases: Api<k8s_openapi::api::coordination::v1::Lease>,
+    name: String,
+    last: tokio::sync::Mutex<Option<Option<String>>>,
+}
+
+impl StatusReporter {
+    async fn report(&self, status: Option<String>) {
+        let mut last = self.last.lock().await;
+        if last.as_ref() == Some(&status) {
+            return;
+        }
+        if let Some(s) = &status {
+            tracing::warn!(status = %s, "cannot use SQL Server");
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            apis::queue::env::LEASE_SQL_STATUS_ANNOTATION: status,
+        }}});
+        let (params, patch) = (kube::api::PatchParams::default(), kube::api::Patch::Merge(&patch));
+        let write = self.leases.patch(&self.name, &params, &patch);
+        match tokio::time::timeout(Duration::from_secs(10), write).await {
+            Ok(Ok(_)) => *last = Some(status),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the SQL status on the Lease"),
+            Err(_) => tracing::warn!("writing the SQL status on the Lease timed out"),
+        }
+    }
 }
 
 /// Hands ready work to tasks while permits last: changed items one by one (in order), then
@@ -335,4 +402,49 @@ fn spawn_batch(
             });
         }
     });
+}
+
+#[cfg(test)]
+mod sql_status_tests {
+    use super::*;
+
+    #[test]
+    fn reasons_say_what_the_operator_must_fix() {
+        // (why, error, expected prefix)
+        let cases = [
+            (
+                "no token or secret: the identity is missing or wrong",
+                Some(SqlError::new(
+                    ErrorKind::AuthFailed,
+                    "credential source AzureWorkloadIdentity: AADSTS70021",
+                )),
+                Some("CredentialsUnavailable: credential source AzureWorkloadIdentity"),
+            ),
+            (
+                "the server refused the login",
+                Some(SqlError {
+                    kind: ErrorKind::AuthFailed,
+                    number: Some(18456),
+                    message: "Login failed for user 'x'.".into(),
+                }),
+                Some("LoginFailed: SQL error 18456: Login failed"),
+            ),
+            (
+                "network or TLS",
+                Some(SqlError::new(ErrorKind::Transient, "could not connect")),
+                Some("CannotConnect: could not connect"),
+            ),
+            ("healthy: the annotation is removed", None, None),
+        ];
+        for (why, error, want) in cases {
+            let got = sql_status(error.as_ref());
+            match want {
+                Some(prefix) => assert!(
+                    got.as_deref().is_some_and(|g| g.starts_with(prefix)),
+                    "{why}: {got:?}"
+                ),
+                None => assert_eq!(got, None, "{why}"),
+            }
+        }
+    }
 }

@@ -12,6 +12,7 @@ mod codegen;
 mod demo;
 mod e2e;
 mod emulator;
+mod identity;
 mod test;
 mod testenv;
 mod util;
@@ -44,6 +45,9 @@ enum Command {
     },
     /// Run the kuttl end-to-end suite on a fresh local environment (started and stopped).
     E2e,
+    /// Run the kuttl identity suite (Entra workload identity with a fake Entra endpoint, AWS
+    /// Secrets Manager with moto) on a fresh local environment (started and stopped).
+    Identity,
     /// Run the kuttl CEL suite against a running environment (`cargo xtask testenv up`).
     Cel,
     /// Bring up the local environment with the emulator and the provider, apply examples/, and
@@ -63,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Testenv { action } => testenv::run(action),
         Command::E2e => e2e::run(),
+        Command::Identity => identity::run(),
         Command::Cel => cel::cel(),
         Command::Demo { down } => demo::run(down),
         Command::Bench(args) => bench::run(&args),
