@@ -12,7 +12,7 @@
 use crate::{
     e2e::{self, Session},
     testenv::cluster,
-    util::{cache_dir, run, workspace_root},
+    util::{self, cache_dir, workspace_root},
 };
 use anyhow::{Context, Result, bail};
 use std::{
@@ -77,11 +77,11 @@ fn ensure_moto() -> Result<PathBuf> {
     if python.is_file() && works(&python) {
         return Ok(python);
     }
-    run(
+    util::run(
         "create moto venv",
         Command::new("python3").args(["-m", "venv"]).arg(&venv),
     )?;
-    run(
+    util::run(
         &format!("install moto[server] {MOTO_VERSION}"),
         Command::new(venv.join("bin").join("pip")).args([
             "install",

@@ -4,7 +4,7 @@
 //! ```text
 //! worker (azure_identity WorkloadIdentityCredential, AZURE_AUTHORITY_HOST=https://127.0.0.1:<port>/)
 //!   POST /<tenant>/oauth2/v2.0/token  client_id, client_assertion = projected ServiceAccount token
-//!     ─▶ verify the assertion: RS256 against the apiserver's JWKS (/openid/v1/jwks, fetched over
+//!     ─▶ verify the assertion: RS256 or ES256 against the apiserver's JWKS (/openid/v1/jwks, fetched over
 //!        loopback with the environment's kubeconfig), issuer, audience api://AzureADTokenExchange,
 //!        expiry, and `sub` = the federated subject configured for that client id
 //!     ─▶ an access token for https://database.windows.net/ (HS256 with the key the SQL Server
@@ -105,11 +105,60 @@ fn oauth(status: u16, error: &'static str, code: u32, description: impl Into<Str
     }
 }
 
+/// A public key from the JWKS: RSA (RS256, what most clusters use) or P-256 (ES256, what
+/// the local environment's rcgen-made key is).
+#[derive(Debug, Clone)]
+enum Jwk {
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    P256 { point: Vec<u8> },
+}
+
+impl Jwk {
+    fn parse(k: &serde_json::Value) -> Option<(String, Jwk)> {
+        let kid = k["kid"].as_str()?.to_owned();
+        let b = |f: &str| k[f].as_str().and_then(|v| base64url(v).ok());
+        match (k["kty"].as_str()?, k["crv"].as_str()) {
+            ("RSA", _) => Some((
+                kid,
+                Jwk::Rsa {
+                    n: b("n")?,
+                    e: b("e")?,
+                },
+            )),
+            ("EC", Some("P-256")) => {
+                let mut point = vec![4u8];
+                point.extend(b("x")?);
+                point.extend(b("y")?);
+                Some((kid, Jwk::P256 { point }))
+            }
+            _ => None,
+        }
+    }
+
+    /// Verifies a JWS signature for `alg` over `message`.
+    fn verify(&self, alg: &str, message: &[u8], signature: &[u8]) -> bool {
+        use aws_lc_rs::signature::{self, UnparsedPublicKey};
+        match (self, alg) {
+            (Jwk::Rsa { n, e }, "RS256") => signature::RsaPublicKeyComponents { n, e }
+                .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, signature)
+                .is_ok(),
+            (Jwk::P256 { point }, "ES256") => {
+                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+                    .verify(message, signature)
+                    .is_ok()
+            }
+            _ => false,
+        }
+    }
+}
+
 struct State {
     args: Args,
+    /// Federated credentials: those of `--app`, plus any added at run time.
+    apps: RwLock<Vec<App>>,
     client: kube::Client,
-    /// kid → (n, e) of the apiserver's ServiceAccount signing keys.
-    keys: RwLock<HashMap<String, (Vec<u8>, Vec<u8>)>>,
+    /// kid → the apiserver's ServiceAccount signing keys.
+    keys: RwLock<HashMap<String, Jwk>>,
     issued: AtomicU64,
 }
 
@@ -132,16 +181,12 @@ impl State {
         let jwks: serde_json::Value = serde_json::from_str(&text).context("JWKS is not JSON")?;
         let mut keys = HashMap::new();
         for k in jwks["keys"].as_array().into_iter().flatten() {
-            if k["kty"] != "RSA" {
-                continue;
+            if let Some((kid, key)) = Jwk::parse(k) {
+                keys.insert(kid, key);
             }
-            let (Some(kid), Some(n), Some(e)) = (k["kid"].as_str(), k["n"].as_str(), k["e"].as_str()) else {
-                continue;
-            };
-            keys.insert(kid.to_owned(), (base64url(n)?, base64url(e)?));
         }
         if keys.is_empty() {
-            bail!("the apiserver's JWKS holds no RSA key");
+            bail!("the apiserver's JWKS holds no RSA or P-256 key: {text}");
         }
         *self.keys.write().await = keys;
         Ok(())
@@ -160,8 +205,9 @@ impl State {
         };
         let header = decode(head)?;
         let claims = decode(body)?;
-        if header["alg"] != "RS256" {
-            return Err(invalid("algorithm is not RS256"));
+        let alg = header["alg"].as_str().unwrap_or_default().to_owned();
+        if alg != "RS256" && alg != "ES256" {
+            return Err(invalid("algorithm is neither RS256 nor ES256"));
         }
         let kid = header["kid"].as_str().unwrap_or_default().to_owned();
         let mut key = self.keys.read().await.get(&kid).cloned();
@@ -171,17 +217,13 @@ impl State {
             }
             key = self.keys.read().await.get(&kid).cloned();
         }
-        let Some((n, e)) = key else {
+        let Some(key) = key else {
             return Err(invalid("unknown signing key"));
         };
         let signature = base64url(sig).map_err(|_| invalid("bad signature encoding"))?;
-        aws_lc_rs::signature::RsaPublicKeyComponents { n: &n, e: &e }
-            .verify(
-                &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
-                format!("{head}.{body}").as_bytes(),
-                &signature,
-            )
-            .map_err(|_| invalid("signature does not verify with the issuer's keys"))?;
+        if !key.verify(&alg, format!("{head}.{body}").as_bytes(), &signature) {
+            return Err(invalid("signature does not verify with the issuer's keys"));
+        }
         if claims["iss"].as_str() != Some(self.args.issuer.as_str()) {
             return Err(oauth(
                 400,
@@ -258,7 +300,8 @@ impl State {
             ));
         };
         let client_id = field("client_id").to_lowercase();
-        let Some(app) = self.args.apps.iter().find(|a| a.client_id == client_id) else {
+        let apps = self.apps.read().await.clone();
+        if !apps.iter().any(|a| a.client_id == client_id) {
             return Err(oauth(
                 400,
                 "unauthorized_client",
@@ -267,9 +310,13 @@ impl State {
                     "Application with identifier '{client_id}' was not found in the directory '{tenant}'."
                 ),
             ));
-        };
+        }
         let subject = self.verify_assertion(field("client_assertion")).await?;
-        if subject != app.subject {
+        // An app may have several federated credentials (one per ServiceAccount).
+        let Some(app) = apps
+            .iter()
+            .find(|a| a.client_id == client_id && a.subject == subject)
+        else {
             return Err(oauth(
                 400,
                 "invalid_request",
@@ -278,7 +325,7 @@ impl State {
                     "No matching federated identity record found for presented assertion subject '{subject}'."
                 ),
             ));
-        }
+        };
         let t = now();
         let lifetime = self.args.token_lifetime as i64;
         let claims = serde_json::json!({
@@ -397,6 +444,25 @@ async fn handle(state: &State, method: &str, path: &str, body: &str) -> (u16, se
                 )
             }
         },
+        // What `az identity federated-credential create` does: trust one more subject for an
+        // app, at run time (a test fixes a wrong identity this way, without restarts).
+        ("POST", ["federated-credentials"]) => {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            let field = |k: &str| v[k].as_str().map(str::to_owned).unwrap_or_default();
+            match app_arg(&format!(
+                "{}={}={}",
+                field("clientId"),
+                field("subject"),
+                field("objectId")
+            )) {
+                Ok(app) => {
+                    tracing::info!(client_id = %app.client_id, subject = %app.subject, "federated credential added");
+                    state.apps.write().await.push(app);
+                    (201, serde_json::json!({}))
+                }
+                Err(e) => (400, serde_json::json!({"error": e})),
+            }
+        }
         // For tests: how many tokens were issued (a refresh shows up here).
         ("GET", ["stats"]) => (
             200,
@@ -418,7 +484,7 @@ async fn serve(state: Arc<State>, listener: TcpListener, acceptor: tokio_rustls:
                 let (method, path, body) = read_request(&mut tls).await?;
                 let (status, json) = handle(&state, &method, &path, &body).await;
                 let text = json.to_string();
-                let reason = if status == 200 { "OK" } else { "Error" };
+                let reason = if status < 300 { "OK" } else { "Error" };
                 let response = format!(
                     "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
                     text.len()
@@ -478,6 +544,7 @@ async fn main() -> Result<()> {
     let client = kube::Client::try_default().await.context("Kubernetes client")?;
     let max_lifetime = Duration::from_secs(args.max_lifetime);
     let state = Arc::new(State {
+        apps: RwLock::new(args.apps.clone()),
         args,
         client,
         keys: RwLock::new(HashMap::new()),
@@ -521,6 +588,39 @@ mod tests {
             "ids compare case-insensitively, as GUIDs"
         );
         assert!(app_arg("only=two").is_err());
+    }
+
+    #[test]
+    fn es256_signatures_from_the_jwks_key_verify() {
+        use aws_lc_rs::{
+            rand::SystemRandom,
+            signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair},
+        };
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).expect("key");
+        let point = pair.public_key().as_ref().to_vec();
+        let enc = mssql_emulator::fedauth::base64url_encode;
+        let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "k1",
+            "x": enc(&point[1..33]), "y": enc(&point[33..])});
+        let (kid, key) = Jwk::parse(&jwk).expect("a P-256 JWK");
+        assert_eq!(kid, "k1");
+        let sig = pair.sign(&rng, b"head.body").expect("sign");
+        // (why, alg, message, expected)
+        let cases = [
+            ("the signed message", "ES256", &b"head.body"[..], true),
+            ("another message", "ES256", &b"head.bodx"[..], false),
+            (
+                "an algorithm the key is not for",
+                "RS256",
+                &b"head.body"[..],
+                false,
+            ),
+        ];
+        for (why, alg, message, want) in cases {
+            assert_eq!(key.verify(alg, message, sig.as_ref()), want, "{why}");
+        }
+        assert!(Jwk::parse(&serde_json::json!({"kty": "oct", "kid": "x", "k": "AA"})).is_none());
     }
 
     #[test]
