@@ -172,6 +172,21 @@ fn start_fake_entra(session: &Session, ca_out: &Path) -> Result<(Stoppable, Stri
 /// Starts the stand-ins, runs `kuttl-tests/identity`, stops them (even on failure).
 pub fn run_suites(session: &Session) -> Result<()> {
     let python = ensure_moto()?;
+    // kuttl deletes a suite namespace that it created when the test that created it ends,
+    // under the tests still running in parallel; one that exists already it leaves alone.
+    let exists = session
+        .kubectl()
+        .args(["get", "namespace", NAMESPACE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !exists {
+        util::run(
+            &format!("namespace {NAMESPACE}"),
+            session.kubectl().args(["create", "namespace", NAMESPACE]),
+        )?;
+    }
     let ca_file = session.dir.join("entra-ca.crt");
     let (entra, url) = start_fake_entra(session, &ca_file)?;
     let (moto, port) = match start_moto(&session.dir, &python) {
