@@ -278,7 +278,7 @@ async fn reconcile_inner<K: ConfigKindExt>(obj: &K, ctx: &Ctx) -> Result<Action,
     let worker_ready = if let (Some((reason, message)), Some(_), false) = (&sql_status, &holder, stale) {
         Cond {
             status: "False",
-            reason: *reason,
+            reason,
             message: format!(
                 "worker {}/{} cannot use SQL Server: {message}",
                 objects.namespace, objects.name

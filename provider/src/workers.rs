@@ -961,8 +961,16 @@ mod tests {
     fn identity_tokens_and_environment_are_injected_without_a_webhook() {
         let pod_of =
             |objects: &WorkerObjects| objects.deployment.spec.clone().unwrap().template.spec.unwrap();
-        // (why, spec, volume name, mount dir, audience, env that must be set)
-        let cases: Vec<(&str, &str, &str, &str, &str, Vec<(&str, &str)>)> = vec![
+        /// (why, spec, volume name, mount dir, audience, env that must be set)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a str,
+            Vec<(&'a str, &'a str)>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "workload identity: the webhook's volume, path, audience and variables",
                 "  endpoint: {host: h}\n  credentials: {source: AzureWorkloadIdentity, azure: {clientId: 11111111-2222-3333-4444-555555555555, tenantId: 11111111-2222-3333-4444-666666666666, authorityHost: \"https://127.0.0.1:9443/\", authorityCaConfigMapRef: {name: entra-ca, key: ca.crt}}}\n",

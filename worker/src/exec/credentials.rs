@@ -115,6 +115,18 @@ pub enum EntraIdentity {
     Injected,
 }
 
+impl EntraIdentity {
+    /// Whether this identity logs in through workload identity federation (else through the
+    /// managed identity), given whether the pod has `AZURE_FEDERATED_TOKEN_FILE`.
+    pub fn uses_workload_identity(&self, federated_token_file: bool) -> bool {
+        match self {
+            EntraIdentity::Workload => true,
+            EntraIdentity::Managed { .. } => false,
+            EntraIdentity::Injected => federated_token_file,
+        }
+    }
+}
+
 type TokenCredentialRef = std::sync::Arc<dyn azure_core::credentials::TokenCredential>;
 
 /// An Entra access token for SQL Server from azure_identity. The credential caches the token
@@ -164,28 +176,27 @@ impl EntraCredentials {
     }
 
     fn build(&self) -> Result<TokenCredentialRef, CredentialError> {
-        let workload = match &self.identity {
-            EntraIdentity::Workload => true,
-            EntraIdentity::Managed { .. } => false,
-            EntraIdentity::Injected => std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").is_some(),
-        };
+        let workload = self
+            .identity
+            .uses_workload_identity(std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").is_some());
         let client_options = self.client_options()?;
         if workload {
-            let mut assertion = azure_identity::ClientAssertionCredentialOptions::default();
-            assertion.client_options = client_options;
-            let mut options = azure_identity::WorkloadIdentityCredentialOptions::default();
-            options.credential_options = assertion;
+            let options = azure_identity::WorkloadIdentityCredentialOptions {
+                credential_options: azure_identity::ClientAssertionCredentialOptions { client_options },
+                ..Default::default()
+            };
             let c = azure_identity::WorkloadIdentityCredential::new(Some(options))
                 .map_err(|e| self.error(format!("workload identity: {e}")))?;
             Ok(c)
         } else {
-            let mut options = azure_identity::ManagedIdentityCredentialOptions::default();
-            options.client_options = client_options;
             let client_id = match &self.identity {
                 EntraIdentity::Managed { client_id } => client_id.clone(),
                 _ => std::env::var("AZURE_CLIENT_ID").ok().filter(|s| !s.is_empty()),
             };
-            options.user_assigned_id = client_id.map(azure_identity::UserAssignedId::ClientId);
+            let options = azure_identity::ManagedIdentityCredentialOptions {
+                client_options,
+                user_assigned_id: client_id.map(azure_identity::UserAssignedId::ClientId),
+            };
             let c = azure_identity::ManagedIdentityCredential::new(Some(options))
                 .map_err(|e| self.error(format!("managed identity: {e}")))?;
             Ok(c)
@@ -420,6 +431,41 @@ mod tests {
         let e = source.credential().await.expect_err("no identity");
         assert_eq!(e.source_name, "AzureWorkloadIdentity");
         assert!(e.message.contains("workload identity"), "{e}");
+    }
+
+    #[test]
+    fn which_entra_flow_each_identity_uses() {
+        // (why, identity, AZURE_FEDERATED_TOKEN_FILE set, workload identity?)
+        let cases = [
+            (
+                "configured workload identity",
+                EntraIdentity::Workload,
+                true,
+                true,
+            ),
+            (
+                "workload identity without a token file still tries it (and reports what is missing)",
+                EntraIdentity::Workload,
+                false,
+                true,
+            ),
+            (
+                "managed identity ignores a token file",
+                EntraIdentity::Managed { client_id: None },
+                true,
+                false,
+            ),
+            ("injected by the webhook", EntraIdentity::Injected, true, true),
+            (
+                "nothing injected: the managed identity",
+                EntraIdentity::Injected,
+                false,
+                false,
+            ),
+        ];
+        for (why, identity, file, want) in cases {
+            assert_eq!(identity.uses_workload_identity(file), want, "{why}");
+        }
     }
 
     #[test]
