@@ -60,7 +60,7 @@ pub struct ClusterProviderConfigCredentials {
 /// AWS Secrets Manager settings (source AwsSecretsManager). The secret holds JSON with the login, as RDS-managed master secrets do.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct ClusterProviderConfigCredentialsAwsSecretsManager {
-    /// Endpoint for every AWS service the worker calls (STS and Secrets Manager), set as AWS_ENDPOINT_URL: a VPC or FIPS endpoint, or a local stand-in. Unset: the SDK's default endpoints.
+    /// One endpoint for every AWS call the worker makes, STS included, set as AWS_ENDPOINT_URL: a gateway or local stand-in that serves both. Unset: the SDK's default endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "endpointUrl")]
     pub endpoint_url: Option<String>,
     /// JSON key holding the password.
