@@ -94,11 +94,13 @@ async fn apiserver(State(world): State<Shared>, method: Method, uri: Uri, body: 
             }
             Method::PATCH => match w.lease.as_mut() {
                 Some(l) => {
-                    let spec = body.get("spec").cloned().unwrap_or(Value::Null);
-                    merge(
-                        l.as_object_mut().unwrap().entry("spec").or_insert(json!({})),
-                        &spec,
-                    );
+                    // A patch touches only what it names: the Lease manager patches `spec`,
+                    // the SQL status reporter `metadata.annotations`.
+                    for field in ["spec", "metadata"] {
+                        if let Some(part) = body.get(field) {
+                            merge(l.as_object_mut().unwrap().entry(field).or_insert(json!({})), part);
+                        }
+                    }
                     l["metadata"]["resourceVersion"] = json!(rv);
                     json_response(StatusCode::OK, l.clone())
                 }
