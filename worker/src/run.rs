@@ -269,7 +269,10 @@ pub fn sql_status(error: Option<&SqlError>) -> Option<String> {
         (ErrorKind::AuthFailed, Some(_)) => "LoginFailed",
         _ => "CannotConnect",
     };
-    let mut message: String = e.message.chars().take(900).collect();
+    // Entra appends per-request ids and a timestamp ("Trace ID: … Correlation ID: …
+    // Timestamp: …"): without them the status changes only when the cause does.
+    let stable = e.message.split(" Trace ID:").next().unwrap_or_default();
+    let mut message: String = stable.chars().take(900).collect();
     if let Some(n) = e.number {
         message = format!("SQL error {n}: {message}");
     }
@@ -433,6 +436,14 @@ mod sql_status_tests {
                 "network or TLS",
                 Some(SqlError::new(ErrorKind::Transient, "could not connect")),
                 Some("CannotConnect: could not connect"),
+            ),
+            (
+                "Entra's per-request ids are dropped, so a repeated error is the same status",
+                Some(SqlError::new(
+                    ErrorKind::AuthFailed,
+                    "AADSTS700213: No matching federated identity record. Trace ID: 1 Correlation ID: 2 Timestamp: 3",
+                )),
+                Some("CredentialsUnavailable: AADSTS700213: No matching federated identity record."),
             ),
             ("healthy: the annotation is removed", None, None),
         ];
