@@ -1038,6 +1038,21 @@ mod tests {
             Some(AZURE_PUBLIC_AUTHORITY),
             "the public cloud by default, as the webhook"
         );
+        // Managed identity: the user-assigned client id, and nothing to project.
+        let (id, server) = pc(
+            "  endpoint: {host: h}\n  credentials: {source: AzureManagedIdentity, azure: {clientId: 11111111-2222-3333-4444-777777777777}}\n",
+        );
+        let objects = build(&id, &server, "p", "w", "json", TEN_MINUTES);
+        let env = env_of(&objects);
+        assert_eq!(
+            env["AZURE_CLIENT_ID"].value.as_deref(),
+            Some("11111111-2222-3333-4444-777777777777")
+        );
+        assert!(
+            !env.contains_key("AZURE_FEDERATED_TOKEN_FILE"),
+            "no federation for a managed identity"
+        );
+        assert!(pod_of(&objects).volumes.is_none());
         // Sources with nothing to project get no volume.
         for spec in [
             "  endpoint: {host: h}\n  credentials: {source: InjectedIdentity}\n",
