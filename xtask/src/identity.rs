@@ -136,6 +136,9 @@ fn start_fake_entra(session: &Session, ca_out: &Path) -> Result<(Stoppable, Stri
         .args(["--issuer", ISSUER])
         .args(["--app", &format!("{CLIENT_ID}={subject}={OBJECT_ID}")])
         .args(["--max-lifetime", &STAND_IN_LIFETIME.as_secs().to_string()])
+        // azure_identity replaces a cached token within 5 minutes of its expiry: with 300 s
+        // tokens every new login of the worker needs a fresh one, which the suite checks.
+        .args(["--token-lifetime", "300"])
         .env("FAKE_ENTRA_SIGNING_KEY", &session.fedauth_key)
         .env("KUBECONFIG", session.dir.join("kubeconfig"))
         .stdout(Stdio::piped())

@@ -160,6 +160,8 @@ struct State {
     /// kid → the apiserver's ServiceAccount signing keys.
     keys: RwLock<HashMap<String, Jwk>>,
     issued: AtomicU64,
+    /// Tokens issued per federated subject (a worker's ServiceAccount).
+    by_subject: RwLock<HashMap<String, u64>>,
 }
 
 fn now() -> i64 {
@@ -340,6 +342,7 @@ impl State {
         });
         let access_token = sign_hs256(&claims, self.args.signing_key.as_bytes());
         let n = self.issued.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.by_subject.write().await.entry(subject.clone()).or_default() += 1;
         tracing::info!(client_id = %app.client_id, %subject, issued = n, "issued an access token");
         Ok(serde_json::json!({
             "token_type": "Bearer",
@@ -466,7 +469,10 @@ async fn handle(state: &State, method: &str, path: &str, body: &str) -> (u16, se
         // For tests: how many tokens were issued (a refresh shows up here).
         ("GET", ["stats"]) => (
             200,
-            serde_json::json!({"issued": state.issued.load(Ordering::Relaxed)}),
+            serde_json::json!({
+                "issued": state.issued.load(Ordering::Relaxed),
+                "bySubject": *state.by_subject.read().await,
+            }),
         ),
         _ => (404, serde_json::json!({"error": "not_found"})),
     }
@@ -549,6 +555,7 @@ async fn main() -> Result<()> {
         client,
         keys: RwLock::new(HashMap::new()),
         issued: AtomicU64::new(0),
+        by_subject: RwLock::new(HashMap::new()),
     });
     state.fetch_keys().await?;
     let listener = TcpListener::bind(state.args.listen).await?;
