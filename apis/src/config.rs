@@ -86,6 +86,9 @@ pub enum Credentials {
         /// Authority host override (https only).
         #[garde(prefix("https://"))]
         authority_host: Option<String>,
+        /// Extra CA bundle (a ConfigMap key) trusted for the authority host.
+        #[garde(dive)]
+        authority_ca: Option<CaSource>,
     },
     /// An Entra ID token from a managed identity.
     AzureManagedIdentity {
@@ -110,6 +113,9 @@ pub enum Credentials {
         /// JSON key of the password.
         #[garde(length(min = 1))]
         password_key: String,
+        /// Endpoint override for every AWS service (`AWS_ENDPOINT_URL`).
+        #[garde(custom(http_url))]
+        endpoint_url: Option<String>,
     },
     /// An Entra ID token from whatever identity the pod already has.
     InjectedIdentity,
@@ -297,6 +303,18 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(total))
 }
 
+fn http_url(value: &Option<String>, _: &()) -> garde::Result {
+    match value {
+        Some(v) if !(v.starts_with("https://") || v.starts_with("http://")) => {
+            Err(garde::Error::new("must be an http:// or https:// URL"))
+        }
+        Some(v) if v.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            Err(garde::Error::new("must not contain whitespace"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The shape both generated config kinds share, with the cluster kind's namespace fields
 /// optional. Filled by a serde round-trip from either generated spec.
 #[derive(Deserialize)]
@@ -339,6 +357,7 @@ struct WireAzure {
     client_id: Option<String>,
     tenant_id: Option<String>,
     authority_host: Option<String>,
+    authority_ca_config_map_ref: Option<WireKeyRef>,
 }
 
 #[derive(Deserialize)]
@@ -349,6 +368,7 @@ struct WireAws {
     role_arn: Option<String>,
     username_key: Option<String>,
     password_key: Option<String>,
+    endpoint_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -439,10 +459,22 @@ fn convert(
                 client_id: Some(client_id),
                 tenant_id: Some(tenant_id),
                 authority_host,
+                authority_ca_config_map_ref,
             }) => Some(Credentials::AzureWorkloadIdentity {
                 client_id,
                 tenant_id,
                 authority_host,
+                authority_ca: authority_ca_config_map_ref.map(|r| CaSource::ConfigMap {
+                    object: ObjectRef {
+                        namespace: namespace_of(
+                            &mut problems,
+                            "spec.credentials.azure.authorityCaConfigMapRef",
+                            r.namespace,
+                        ),
+                        name: r.name,
+                    },
+                    key: r.key,
+                }),
             }),
             _ => None,
         },
@@ -455,6 +487,7 @@ fn convert(
             role_arn: a.role_arn,
             username_key: a.username_key.unwrap_or_else(|| "username".into()),
             password_key: a.password_key.unwrap_or_else(|| "password".into()),
+            endpoint_url: a.endpoint_url,
         }),
         "InjectedIdentity" => Some(Credentials::InjectedIdentity),
         other => {

@@ -92,6 +92,9 @@ pub mod env {
     pub const AWS_SECRET_USERNAME_KEY: &str = "AWS_SECRET_USERNAME_KEY";
     /// JSON key of the password in that secret.
     pub const AWS_SECRET_PASSWORD_KEY: &str = "AWS_SECRET_PASSWORD_KEY";
+    /// Extra CA bundle for the Entra authority host, as `configmap/<namespace>/<name>/<key>`
+    /// (AUTH_METHOD=AzureWorkloadIdentity), read through the API like [`TLS_CA`].
+    pub const AZURE_AUTHORITY_CA: &str = "AZURE_AUTHORITY_CA";
     /// Default drift-sweep interval (Go duration).
     pub const POLL_INTERVAL: &str = "POLL_INTERVAL";
     /// Most concurrent SQL operations.

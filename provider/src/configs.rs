@@ -379,14 +379,16 @@ pub struct WorkerHealth<'a> {
     pub connection: Option<(&'a str, &'a str)>,
 }
 
-/// Reasons a worker reports for a failed connection, as `WorkerReady` reasons (the worker's
-/// `ErrorKind` labels); anything else is `SqlConnectionFailed`.
+/// Reasons a worker reports for a failed connection, as `WorkerReady` reasons (worker
+/// `run::sql_status`: credential and login failures, unreachable, and its `ErrorKind` labels);
+/// anything else is `SqlConnectionFailed`, so a condition reason is always one of ours.
 const CONNECTION_REASONS: &[&str] = &[
     "CertificateUntrusted",
     "CertificateNameMismatch",
     "TlsFailed",
-    "AuthFailed",
-    "Transient",
+    "CredentialsUnavailable",
+    "LoginFailed",
+    "CannotConnect",
     "PermissionDenied",
     "NotFound",
     "Invalid",
@@ -553,6 +555,30 @@ mod tests {
                 "False",
                 "CertificateNameMismatch",
                 "cannot connect to SQL Server: does not match",
+            ),
+            (
+                "missing or wrong cloud identity: the reason says so, not DeploymentUnavailable",
+                WorkerHealth {
+                    available: 0,
+                    connection: Some((
+                        "CredentialsUnavailable",
+                        "AADSTS700213: No matching federated identity record.",
+                    )),
+                    ..base
+                },
+                "False",
+                "CredentialsUnavailable",
+                "AADSTS700213",
+            ),
+            (
+                "SQL Server refused the login (e.g. a rotated password not yet re-read)",
+                WorkerHealth {
+                    connection: Some(("LoginFailed", "SQL error 18456: Login failed for user 'sa'.")),
+                    ..base
+                },
+                "False",
+                "LoginFailed",
+                "18456",
             ),
             (
                 "an unknown reason from a newer worker is still a failure",

@@ -18,8 +18,9 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
         core::v1::{
             Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-            SecretKeySelector, SecurityContext, ServiceAccount, Toleration,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+            SeccompProfile, SecretKeySelector, SecurityContext, ServiceAccount,
+            ServiceAccountTokenProjection, Toleration, Volume, VolumeMount, VolumeProjection,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
@@ -48,6 +49,72 @@ pub const MANAGED_BY: &str = "provider-sqlserver";
 pub const LABEL_CONFIG_KIND: &str = "sqlserver.kubesql.io/config-kind";
 /// Label on worker objects: name of the config they serve (hashed if too long).
 pub const LABEL_CONFIG_NAME: &str = "sqlserver.kubesql.io/config-name";
+
+/// Projected token volume for Azure Workload Identity: the webhook's name, so a webhook that
+/// also mutates the pod sees it present and leaves it alone.
+pub const AZURE_TOKEN_VOLUME: &str = "azure-identity-token";
+/// Where the Azure federated token is mounted (the webhook's path).
+pub const AZURE_TOKEN_DIR: &str = "/var/run/secrets/azure/tokens";
+/// `AZURE_FEDERATED_TOKEN_FILE`.
+pub const AZURE_TOKEN_FILE: &str = "/var/run/secrets/azure/tokens/azure-identity-token";
+/// Audience of the Azure federated token.
+pub const AZURE_TOKEN_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// The public cloud's authority host (what the webhook injects by default).
+pub const AZURE_PUBLIC_AUTHORITY: &str = "https://login.microsoftonline.com/";
+/// Projected token volume for IRSA: the EKS webhook's name.
+pub const AWS_TOKEN_VOLUME: &str = "aws-iam-token";
+/// Where the IRSA token is mounted (the EKS webhook's path).
+pub const AWS_TOKEN_DIR: &str = "/var/run/secrets/eks.amazonaws.com/serviceaccount";
+/// `AWS_WEB_IDENTITY_TOKEN_FILE`.
+pub const AWS_TOKEN_FILE: &str = "/var/run/secrets/eks.amazonaws.com/serviceaccount/token";
+/// Audience of the IRSA token.
+pub const AWS_TOKEN_AUDIENCE: &str = "sts.amazonaws.com";
+
+/// The projected ServiceAccount token a credential source needs, as (volume, mount):
+/// the provider injects what the cloud's webhook would, so no webhook is required.
+fn identity_token(credentials: &Credentials) -> Option<(Volume, VolumeMount)> {
+    let (name, dir, file, audience, seconds) = match credentials {
+        Credentials::AzureWorkloadIdentity { .. } => (
+            AZURE_TOKEN_VOLUME,
+            AZURE_TOKEN_DIR,
+            "azure-identity-token",
+            AZURE_TOKEN_AUDIENCE,
+            3600,
+        ),
+        Credentials::AwsSecretsManager {
+            role_arn: Some(_), ..
+        } => (
+            AWS_TOKEN_VOLUME,
+            AWS_TOKEN_DIR,
+            "token",
+            AWS_TOKEN_AUDIENCE,
+            86400,
+        ),
+        _ => return None,
+    };
+    let volume = Volume {
+        name: name.into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o420),
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(audience.into()),
+                    expiration_seconds: Some(seconds),
+                    path: file.into(),
+                }),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    };
+    let mount = VolumeMount {
+        name: name.into(),
+        mount_path: dir.into(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    Some((volume, mount))
+}
 
 /// Which config a worker serves.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -187,8 +254,17 @@ fn config_reads(server: &ServerConfig) -> BTreeMap<String, (Vec<String>, Vec<Str
             list.push(object.name.clone());
         }
     };
-    if let Credentials::Secret { secret, .. } = &server.credentials {
-        add(secret, true);
+    match &server.credentials {
+        Credentials::Secret { secret, .. } => add(secret, true),
+        Credentials::AzureWorkloadIdentity {
+            authority_ca: Some(CaSource::ConfigMap { object, .. }),
+            ..
+        } => add(object, false),
+        Credentials::AzureWorkloadIdentity {
+            authority_ca: Some(CaSource::Secret { object, .. }),
+            ..
+        } => add(object, true),
+        _ => {}
     }
     match &server.tls.ca {
         Some(CaSource::Secret { object, .. }) => add(object, true),
@@ -423,24 +499,48 @@ pub fn worker_env(
             role_arn,
             username_key,
             password_key,
+            endpoint_url,
         } => {
             vars.push(plain(env::AWS_SECRET_ID, secret_id));
             vars.push(plain(env::AWS_SECRET_USERNAME_KEY, username_key));
             vars.push(plain(env::AWS_SECRET_PASSWORD_KEY, password_key));
             vars.push(plain("AWS_REGION", region));
+            vars.push(plain("AWS_DEFAULT_REGION", region));
             if let Some(arn) = role_arn {
+                // What the EKS pod identity webhook injects for IRSA (same names and path,
+                // so a webhook finds them present and adds nothing).
                 vars.push(plain("AWS_ROLE_ARN", arn));
+                vars.push(plain("AWS_WEB_IDENTITY_TOKEN_FILE", AWS_TOKEN_FILE));
+                vars.push(plain("AWS_STS_REGIONAL_ENDPOINTS", "regional"));
+            }
+            if let Some(url) = endpoint_url {
+                vars.push(plain("AWS_ENDPOINT_URL", url));
             }
         }
         Credentials::AzureWorkloadIdentity {
             client_id,
             tenant_id,
             authority_host,
+            authority_ca,
         } => {
+            // What the Azure Workload Identity webhook injects (same names, same token path).
             vars.push(plain("AZURE_CLIENT_ID", client_id));
             vars.push(plain("AZURE_TENANT_ID", tenant_id));
-            if let Some(host) = authority_host {
-                vars.push(plain("AZURE_AUTHORITY_HOST", host));
+            vars.push(plain("AZURE_FEDERATED_TOKEN_FILE", AZURE_TOKEN_FILE));
+            vars.push(plain(
+                "AZURE_AUTHORITY_HOST",
+                authority_host.as_deref().unwrap_or(AZURE_PUBLIC_AUTHORITY),
+            ));
+            match authority_ca {
+                Some(CaSource::ConfigMap { object, key }) => vars.push(plain(
+                    env::AZURE_AUTHORITY_CA,
+                    format!("configmap/{}/{}/{key}", object.namespace, object.name),
+                )),
+                Some(CaSource::Secret { object, key }) => vars.push(plain(
+                    env::AZURE_AUTHORITY_CA,
+                    format!("secret/{}/{}/{key}", object.namespace, object.name),
+                )),
+                None => {}
             }
         }
         Credentials::AzureManagedIdentity {
@@ -509,8 +609,10 @@ fn deployment(
     if matches!(server.credentials, Credentials::AzureWorkloadIdentity { .. }) {
         pod_labels.insert("azure.workload.identity/use".into(), "true".into());
     }
+    let token = identity_token(&server.credentials);
     let container = Container {
         name: "worker".into(),
+        volume_mounts: token.as_ref().map(|(_, m)| vec![m.clone()]),
         image: Some(
             server
                 .worker
@@ -579,6 +681,7 @@ fn deployment(
                     node_selector: (!server.worker.node_selector.is_empty())
                         .then(|| server.worker.node_selector.clone()),
                     tolerations: (!tolerations.is_empty()).then_some(tolerations),
+                    volumes: token.map(|(v, _)| vec![v]),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(65532),
@@ -913,6 +1016,117 @@ mod tests {
             "an existing ServiceAccount is used as is"
         );
         assert_eq!(objects.access[0].1.subjects.as_ref().unwrap()[0].name, "existing");
+    }
+
+    #[test]
+    fn identity_tokens_and_environment_are_injected_without_a_webhook() {
+        let pod_of =
+            |objects: &WorkerObjects| objects.deployment.spec.clone().unwrap().template.spec.unwrap();
+        /// (why, spec, volume name, mount dir, audience, env that must be set)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a str,
+            Vec<(&'a str, &'a str)>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "workload identity: the webhook's volume, path, audience and variables",
+                "  endpoint: {host: h}\n  credentials: {source: AzureWorkloadIdentity, azure: {clientId: 11111111-2222-3333-4444-555555555555, tenantId: 11111111-2222-3333-4444-666666666666, authorityHost: \"https://127.0.0.1:9443/\", authorityCaConfigMapRef: {name: entra-ca, key: ca.crt}}}\n",
+                AZURE_TOKEN_VOLUME,
+                AZURE_TOKEN_DIR,
+                "api://AzureADTokenExchange",
+                vec![
+                    ("AZURE_CLIENT_ID", "11111111-2222-3333-4444-555555555555"),
+                    ("AZURE_TENANT_ID", "11111111-2222-3333-4444-666666666666"),
+                    ("AZURE_FEDERATED_TOKEN_FILE", AZURE_TOKEN_FILE),
+                    ("AZURE_AUTHORITY_HOST", "https://127.0.0.1:9443/"),
+                    (env::AZURE_AUTHORITY_CA, "configmap/team-a/entra-ca/ca.crt"),
+                ],
+            ),
+            (
+                "IRSA: the EKS webhook's volume, path, audience and variables",
+                "  endpoint: {host: h}\n  credentials: {source: AwsSecretsManager, awsSecretsManager: {secretId: x, region: eu-west-1, roleArn: \"arn:aws:iam::123456789012:role/sql\", endpointUrl: \"http://127.0.0.1:5000\"}}\n",
+                AWS_TOKEN_VOLUME,
+                AWS_TOKEN_DIR,
+                "sts.amazonaws.com",
+                vec![
+                    ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/sql"),
+                    ("AWS_WEB_IDENTITY_TOKEN_FILE", AWS_TOKEN_FILE),
+                    ("AWS_REGION", "eu-west-1"),
+                    ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+                    (env::AWS_SECRET_ID, "x"),
+                ],
+            ),
+        ];
+        for (why, spec, volume, dir, audience, want) in cases {
+            let (id, server) = pc(spec);
+            let objects = build(&id, &server, "p", "w", "json", TEN_MINUTES);
+            let pod = pod_of(&objects);
+            let volumes = pod.volumes.clone().unwrap_or_default();
+            assert_eq!(volumes.len(), 1, "{why}");
+            assert_eq!(volumes[0].name, volume, "{why}");
+            let projection = volumes[0].projected.clone().unwrap().sources.unwrap()[0]
+                .service_account_token
+                .clone()
+                .unwrap();
+            assert_eq!(projection.audience.as_deref(), Some(audience), "{why}");
+            let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+            assert_eq!(
+                (mounts[0].name.as_str(), mounts[0].mount_path.as_str()),
+                (volume, dir),
+                "{why}"
+            );
+            let env = env_of(&objects);
+            for (name, value) in want {
+                assert_eq!(env[name].value.as_deref(), Some(value), "{why}: {name}");
+            }
+        }
+        // The authority CA is readable by exactly this worker.
+        let (id, server) = pc(
+            "  endpoint: {host: h}\n  credentials: {source: AzureWorkloadIdentity, azure: {clientId: 11111111-2222-3333-4444-555555555555, tenantId: 11111111-2222-3333-4444-666666666666, authorityCaConfigMapRef: {name: entra-ca, key: ca.crt}}}\n",
+        );
+        let objects = build(&id, &server, "p", "w", "json", TEN_MINUTES);
+        let rules = objects.access[0].0.rules.clone().unwrap();
+        assert!(rules.iter().any(
+            |r| r.resources.as_deref() == Some(&["configmaps".to_string()][..])
+                && r.resource_names.as_deref() == Some(&["entra-ca".to_string()][..])
+        ));
+        assert_eq!(
+            env_of(&objects)["AZURE_AUTHORITY_HOST"].value.as_deref(),
+            Some(AZURE_PUBLIC_AUTHORITY),
+            "the public cloud by default, as the webhook"
+        );
+        // Managed identity: the user-assigned client id, and nothing to project.
+        let (id, server) = pc(
+            "  endpoint: {host: h}\n  credentials: {source: AzureManagedIdentity, azure: {clientId: 11111111-2222-3333-4444-777777777777}}\n",
+        );
+        let objects = build(&id, &server, "p", "w", "json", TEN_MINUTES);
+        let env = env_of(&objects);
+        assert_eq!(
+            env["AZURE_CLIENT_ID"].value.as_deref(),
+            Some("11111111-2222-3333-4444-777777777777")
+        );
+        assert!(
+            !env.contains_key("AZURE_FEDERATED_TOKEN_FILE"),
+            "no federation for a managed identity"
+        );
+        assert!(pod_of(&objects).volumes.is_none());
+        // Sources with nothing to project get no volume.
+        for spec in [
+            "  endpoint: {host: h}\n  credentials: {source: InjectedIdentity}\n",
+            "  endpoint: {host: h}\n  credentials: {source: AwsSecretsManager, awsSecretsManager: {secretId: x, region: eu-west-1}}\n",
+        ] {
+            let (id, server) = pc(spec);
+            let objects = build(&id, &server, "p", "w", "json", TEN_MINUTES);
+            assert!(pod_of(&objects).volumes.is_none(), "{spec}");
+            assert!(
+                !env_of(&objects).contains_key("AWS_WEB_IDENTITY_TOKEN_FILE"),
+                "Pod Identity: the chain finds it"
+            );
+        }
     }
 
     #[test]

@@ -65,6 +65,21 @@ pub struct Args {
     /// SQL password (AUTH_METHOD=Secret). Prefer the environment: flags show in `ps`.
     #[arg(long, env = env::SQL_PASSWORD, hide_env_values = true, value_parser = password_arg)]
     pub sql_password: Option<Password>,
+    /// Extra CA for the Entra authority host: `configmap/<ns>/<name>/<key>`.
+    #[arg(long, env = env::AZURE_AUTHORITY_CA)]
+    pub azure_authority_ca: Option<String>,
+    /// Client id of a user-assigned managed identity (AUTH_METHOD=AzureManagedIdentity).
+    #[arg(long, env = "AZURE_CLIENT_ID")]
+    pub azure_client_id: Option<String>,
+    /// Secrets Manager secret holding the login (AUTH_METHOD=AwsSecretsManager).
+    #[arg(long, env = env::AWS_SECRET_ID)]
+    pub aws_secret_id: Option<String>,
+    /// JSON key of the login name in that secret.
+    #[arg(long, env = env::AWS_SECRET_USERNAME_KEY, default_value = "username")]
+    pub aws_secret_username_key: String,
+    /// JSON key of the password in that secret.
+    #[arg(long, env = env::AWS_SECRET_PASSWORD_KEY, default_value = "password")]
+    pub aws_secret_password_key: String,
     /// Default drift-sweep interval (Go duration).
     #[arg(long, env = env::POLL_INTERVAL, default_value = "10m")]
     pub poll_interval: String,
@@ -116,9 +131,17 @@ pub enum Auth {
         /// Password.
         password: Password,
     },
-    /// A credential source that comes with the identity issue; accepted so the contract is
-    /// complete, refused at start-up with a clear message until then.
-    NotYetSupported(String),
+    /// An Entra token (workload identity, managed identity, or whatever the pod has). The
+    /// identity's own settings are the standard `AZURE_*` variables, read when the worker
+    /// first logs in, so a missing or wrong identity is reported, not a crash loop.
+    Entra {
+        /// Which identity.
+        identity: crate::exec::credentials::EntraIdentity,
+        /// Extra CA bundle for the authority host, read through the API at start.
+        authority_ca: Option<CaSource>,
+    },
+    /// A SQL login read from AWS Secrets Manager.
+    AwsSecretsManager(crate::exec::credentials::AwsSecretRef),
 }
 
 /// Log output format.
@@ -278,16 +301,51 @@ impl Args {
                 };
                 Auth::Secret { user, password }
             }
-            m @ ("AzureWorkloadIdentity"
-            | "AzureManagedIdentity"
-            | "AwsSecretsManager"
-            | "InjectedIdentity") => Auth::NotYetSupported(m.to_owned()),
+            "AzureWorkloadIdentity" | "AzureManagedIdentity" | "InjectedIdentity" => {
+                use crate::exec::credentials::EntraIdentity;
+                let identity = match self.auth_method.as_str() {
+                    "AzureWorkloadIdentity" => EntraIdentity::Workload,
+                    "AzureManagedIdentity" => EntraIdentity::Managed {
+                        client_id: self.azure_client_id.clone().filter(|s| !s.trim().is_empty()),
+                    },
+                    _ => EntraIdentity::Injected,
+                };
+                let authority_ca = match self.azure_authority_ca.as_deref().filter(|s| !s.is_empty()) {
+                    None => None,
+                    Some(text) => match parse_ca(text) {
+                        Ok(ca) if ca.kind == CaKind::ConfigMap => Some(ca),
+                        Ok(_) => {
+                            p.push(format!(
+                                "{}={text:?} must be configmap/<namespace>/<name>/<key>",
+                                env::AZURE_AUTHORITY_CA
+                            ));
+                            None
+                        }
+                        Err(e) => {
+                            p.push(e.replace(env::TLS_CA, env::AZURE_AUTHORITY_CA));
+                            None
+                        }
+                    },
+                };
+                Auth::Entra {
+                    identity,
+                    authority_ca,
+                }
+            }
+            "AwsSecretsManager" => Auth::AwsSecretsManager(crate::exec::credentials::AwsSecretRef {
+                secret_id: required(env::AWS_SECRET_ID, &self.aws_secret_id, &mut p),
+                username_key: self.aws_secret_username_key.clone(),
+                password_key: self.aws_secret_password_key.clone(),
+            }),
             other => {
                 p.push(format!(
                     "{}={other:?} must be Secret, AzureWorkloadIdentity, AzureManagedIdentity, AwsSecretsManager or InjectedIdentity",
                     env::AUTH_METHOD
                 ));
-                Auth::NotYetSupported(other.to_owned())
+                Auth::Entra {
+                    identity: crate::exec::credentials::EntraIdentity::Injected,
+                    authority_ca: None,
+                }
             }
         };
         let poll_interval = apis::config::parse_go_duration(&self.poll_interval).unwrap_or_else(|e| {
@@ -444,6 +502,98 @@ mod tests {
         }
         let e = parse(&[]).unwrap_err();
         assert!(e.0.len() >= 5, "all missing settings listed: {e}");
+    }
+
+    #[test]
+    fn credential_sources_from_the_environment_the_provider_sets() {
+        use crate::exec::credentials::EntraIdentity;
+        let base: Vec<&str> = BASE[..8].to_vec();
+        let with = |extra: &[&str]| {
+            let mut a = base.clone();
+            a.extend_from_slice(extra);
+            parse(&a)
+        };
+        // Workload identity needs nothing at start: AZURE_* are read at the first login,
+        // so a missing identity is reported on the config instead of exiting.
+        match with(&["--auth-method", "AzureWorkloadIdentity"])
+            .expect("valid")
+            .auth
+        {
+            Auth::Entra {
+                identity: EntraIdentity::Workload,
+                authority_ca: None,
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        match with(&[
+            "--auth-method",
+            "AzureWorkloadIdentity",
+            "--azure-authority-ca",
+            "configmap/ns/entra-ca/ca.crt",
+        ])
+        .expect("valid")
+        .auth
+        {
+            Auth::Entra {
+                authority_ca: Some(ca),
+                ..
+            } => assert_eq!((ca.name.as_str(), ca.key.as_str()), ("entra-ca", "ca.crt")),
+            other => panic!("{other:?}"),
+        }
+        let e = with(&[
+            "--auth-method",
+            "AzureWorkloadIdentity",
+            "--azure-authority-ca",
+            "secret/ns/x/y",
+        ])
+        .expect_err("only a ConfigMap holds a public CA");
+        assert!(e.to_string().contains("AZURE_AUTHORITY_CA"), "{e}");
+        match with(&[
+            "--auth-method",
+            "AzureManagedIdentity",
+            "--azure-client-id",
+            "abc",
+        ])
+        .expect("valid")
+        .auth
+        {
+            Auth::Entra {
+                identity: EntraIdentity::Managed { client_id },
+                ..
+            } => assert_eq!(client_id.as_deref(), Some("abc"), "user-assigned"),
+            other => panic!("{other:?}"),
+        }
+        match with(&["--auth-method", "InjectedIdentity"]).expect("valid").auth {
+            Auth::Entra {
+                identity: EntraIdentity::Injected,
+                ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        let e = with(&["--auth-method", "AwsSecretsManager"]).expect_err("secret id required");
+        assert!(e.to_string().contains("AWS_SECRET_ID is required"), "{e}");
+        match with(&[
+            "--auth-method",
+            "AwsSecretsManager",
+            "--aws-secret-id",
+            "rds!db-1",
+        ])
+        .expect("valid")
+        .auth
+        {
+            Auth::AwsSecretsManager(r) => {
+                assert_eq!(
+                    (
+                        r.secret_id.as_str(),
+                        r.username_key.as_str(),
+                        r.password_key.as_str()
+                    ),
+                    ("rds!db-1", "username", "password"),
+                    "RDS-managed secret keys by default"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

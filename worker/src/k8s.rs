@@ -216,11 +216,11 @@ impl SecretSource for KubeSecrets {
 /// reason and message while it fails, neither once it works. The provider turns them into the
 /// config's `WorkerReady` condition (a worker whose CA is wrong says so there).
 pub fn connection_report(error: Option<&crate::sql::error::SqlError>) -> Value {
-    match error {
-        Some(e) => json!({"metadata": {"annotations": {
-            ANNOTATION_CONNECTION_ERROR_REASON: e.kind.label(),
+    match crate::run::sql_status(error) {
+        Some((reason, message)) => json!({"metadata": {"annotations": {
+            ANNOTATION_CONNECTION_ERROR_REASON: reason,
             // Annotation values have no length limit of their own, but the whole set does.
-            ANNOTATION_CONNECTION_ERROR: e.to_string().chars().take(1000).collect::<String>(),
+            ANNOTATION_CONNECTION_ERROR: message.chars().take(1000).collect::<String>(),
         }}}),
         None => json!({"metadata": {"annotations": {
             ANNOTATION_CONNECTION_ERROR_REASON: null,

@@ -9,9 +9,13 @@
 //!                              status SSA (WORKER_MANAGER) ◀── completions
 //! ```
 
+use crate::sql::error::{ErrorKind, SqlError};
 use crate::{
     config::{Auth, LogFormat, WorkerConfig},
-    exec::{SqlPool, credentials::SecretCredentials},
+    exec::{
+        SqlPool,
+        credentials::{AwsSecretCredentials, CredentialSource, EntraCredentials, SecretCredentials},
+    },
     health::{self, Health},
     k8s,
     metrics::Metrics,
@@ -72,20 +76,27 @@ const LEASE_GRACE_SECONDS: u64 = 5;
 /// Runs the worker until it loses the Lease or fails.
 pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
     init_logging(config.log_format);
-    let credentials = match &config.auth {
-        Auth::Secret { user, password } => Arc::new(SecretCredentials::new(user.clone(), password.clone())),
-        Auth::NotYetSupported(m) => {
-            return Err(RunError::Startup(format!(
-                "AUTH_METHOD={m} is not available in this worker version; use Secret"
-            )));
-        }
-    };
     let client = Client::try_default()
         .await
         .map_err(|e| RunError::Startup(format!("Kubernetes client: {e}")))?;
     if let Some(ca) = &config.ca {
         config.server.tls.ca_pem = Some(k8s::read_ca(&client, ca).await.map_err(RunError::Startup)?);
     }
+    let credentials: Arc<dyn CredentialSource> = match &config.auth {
+        Auth::Secret { user, password } => Arc::new(SecretCredentials::new(user.clone(), password.clone())),
+        Auth::Entra {
+            identity,
+            authority_ca,
+        } => {
+            let pem = match authority_ca {
+                Some(ca) => Some(k8s::read_ca(&client, ca).await.map_err(RunError::Startup)?),
+                None => None,
+            };
+            Arc::new(EntraCredentials::new(identity.clone(), pem))
+        }
+        Auth::AwsSecretsManager(secret) => Arc::new(AwsSecretCredentials::new(secret.clone())),
+    };
+    tracing::info!(source = credentials.label(), "credential source");
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let listener = tokio::net::TcpListener::bind(config.bind)
@@ -265,6 +276,30 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
     result
 }
 
+/// Why the Lease holder cannot reach SQL Server, as the reason and message the provider shows
+/// in the config's `WorkerReady` condition; `None` when it can. Reasons:
+/// `CredentialsUnavailable` (no token or secret could be had: the identity is missing or
+/// wrong), `LoginFailed` (SQL Server refused the login, 18456), `CannotConnect` (network,
+/// timeouts), and the TLS kinds (`CertificateUntrusted`, `CertificateNameMismatch`,
+/// `TlsFailed`) and any other `ErrorKind` label as they are.
+pub fn sql_status(error: Option<&SqlError>) -> Option<(&'static str, String)> {
+    let e = error?;
+    let reason = match (e.kind, e.number) {
+        (ErrorKind::AuthFailed, None) => "CredentialsUnavailable",
+        (ErrorKind::AuthFailed, Some(_)) => "LoginFailed",
+        (ErrorKind::Transient, _) => "CannotConnect",
+        (kind, _) => kind.label(),
+    };
+    // Entra appends per-request ids and a timestamp ("Trace ID: … Correlation ID: …
+    // Timestamp: …"): without them the report changes only when the cause does.
+    let stable = e.message.split(" Trace ID:").next().unwrap_or_default();
+    let mut message: String = stable.chars().take(900).collect();
+    if let Some(n) = e.number {
+        message = format!("SQL error {n}: {message}");
+    }
+    Some((reason, message))
+}
+
 /// Hands ready work to tasks while permits last: changed items one by one (in order), then
 /// one batch of everything due for a drift check.
 fn dispatch(
@@ -360,4 +395,69 @@ fn spawn_batch(
             });
         }
     });
+}
+
+#[cfg(test)]
+mod sql_status_tests {
+    use super::*;
+
+    #[test]
+    fn reasons_say_what_the_operator_must_fix() {
+        // (why, error, expected prefix)
+        let cases = [
+            (
+                "no token or secret: the identity is missing or wrong",
+                Some(SqlError::new(
+                    ErrorKind::AuthFailed,
+                    "credential source AzureWorkloadIdentity: AADSTS70021",
+                )),
+                Some((
+                    "CredentialsUnavailable",
+                    "credential source AzureWorkloadIdentity",
+                )),
+            ),
+            (
+                "the server refused the login",
+                Some(SqlError {
+                    kind: ErrorKind::AuthFailed,
+                    number: Some(18456),
+                    message: "Login failed for user 'x'.".into(),
+                }),
+                Some(("LoginFailed", "SQL error 18456: Login failed")),
+            ),
+            (
+                "network or timeout",
+                Some(SqlError::new(ErrorKind::Transient, "could not connect")),
+                Some(("CannotConnect", "could not connect")),
+            ),
+            (
+                "a certificate problem keeps its own reason: it names the tls setting to fix",
+                Some(SqlError::tls("invalid peer certificate: UnknownIssuer")),
+                Some(("CertificateUntrusted", "not signed by a trusted CA")),
+            ),
+            (
+                "Entra's per-request ids are dropped, so a repeated error is the same status",
+                Some(SqlError::new(
+                    ErrorKind::AuthFailed,
+                    "AADSTS700213: No matching federated identity record. Trace ID: 1 Correlation ID: 2 Timestamp: 3",
+                )),
+                Some((
+                    "CredentialsUnavailable",
+                    "AADSTS700213: No matching federated identity record.",
+                )),
+            ),
+            ("healthy: the annotation is removed", None, None),
+        ];
+        for (why, error, want) in cases {
+            let got = sql_status(error.as_ref());
+            match want {
+                Some((reason, words)) => assert!(
+                    got.as_ref()
+                        .is_some_and(|(r, m)| *r == reason && m.contains(words) && !m.contains("Trace ID")),
+                    "{why}: {got:?}"
+                ),
+                None => assert_eq!(got, None, "{why}"),
+            }
+        }
+    }
 }

@@ -219,3 +219,97 @@ async fn statements_are_bounded_and_login_failures_refresh_credentials() {
     assert!(creds.refreshes.load(Ordering::SeqCst) >= 1, "asked to refresh");
     emu.shutdown().await;
 }
+
+/// Hands out an Entra token that has expired until asked to refresh, then a valid one: what
+/// a token cache returns when the server's clock disagrees with the token's lifetime.
+struct ExpiringToken {
+    oid: &'static str,
+    key: &'static [u8],
+    refreshed: AtomicU64,
+}
+
+impl worker::exec::credentials::CredentialSource for ExpiringToken {
+    fn credential(
+        &self,
+    ) -> worker::exec::credentials::BoxFuture<
+        '_,
+        Result<worker::exec::credentials::Credential, worker::exec::credentials::CredentialError>,
+    > {
+        let exp: i64 = if self.refreshed.load(Ordering::SeqCst) == 0 {
+            1_000_000_000
+        } else {
+            4_000_000_000
+        };
+        let token =
+            mssql_emulator::fedauth::sign_hs256(&serde_json::json!({"oid": self.oid, "exp": exp}), self.key);
+        Box::pin(async move { Ok(worker::exec::credentials::Credential::Token(Password::new(token))) })
+    }
+    fn refresh(
+        &self,
+    ) -> worker::exec::credentials::BoxFuture<'_, Result<(), worker::exec::credentials::CredentialError>>
+    {
+        self.refreshed.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+    fn label(&self) -> &'static str {
+        "ExpiringToken"
+    }
+}
+
+/// The server refuses an expired Entra token (18456); the pool asks the source for a fresh
+/// one and logs in again at once, so the caller never sees the failure. A fixed password is
+/// not retried (its source cannot yield anything new).
+#[tokio::test]
+async fn an_expired_token_is_replaced_and_the_login_retried_at_once() {
+    const KEY: &[u8] = b"entra-test-key";
+    let emu = mssql_emulator::Emulator::start(mssql_emulator::Config {
+        tls: mssql_emulator::TlsMode::None,
+        fedauth_hs256_key: Some(KEY.to_vec()),
+        ..Default::default()
+    })
+    .await
+    .expect("emulator");
+    let oid = "6a1b3a7e-1f0c-4c55-9d1e-2f3a4b5c6d7e";
+    let admin = pool(emu.addr());
+    for sql in [
+        format!("CREATE LOGIN [worker-app] FROM EXTERNAL PROVIDER WITH OBJECT_ID = '{oid}'"),
+        "ALTER SERVER ROLE sysadmin ADD MEMBER [worker-app]".to_owned(),
+    ] {
+        admin
+            .execute(&worker::sql::Statement::new("setup", None, sql))
+            .await
+            .expect("setup");
+    }
+    let source = Arc::new(ExpiringToken {
+        oid,
+        key: KEY,
+        refreshed: AtomicU64::new(0),
+    });
+    let p = pool_with(emu.addr(), Duration::from_secs(5), source.clone());
+    let failures_before = emu.counters().login_failures;
+    p.ping().await.expect("the retry with a fresh token logs in");
+    assert_eq!(source.refreshed.load(Ordering::SeqCst), 1, "one refresh");
+    assert_eq!(
+        emu.counters().login_failures - failures_before,
+        1,
+        "the expired token was refused once"
+    );
+    assert_eq!(p.connections_opened(), 1);
+
+    // A fixed SQL password that is wrong: refused once, not retried.
+    let wrong = pool_with(
+        emu.addr(),
+        Duration::from_secs(5),
+        Arc::new(SecretCredentials::new("sa", Password::new("not-the-password"))),
+    );
+    let before = emu.counters().login_failures;
+    let e = wrong.ping().await.expect_err("wrong password");
+    assert_eq!(e.number, Some(18456));
+    // ping() is a read, retried once on a broken connection: two attempts, no extra retry.
+    assert_eq!(
+        emu.counters().login_failures - before,
+        2,
+        "no retry for a fixed password"
+    );
+    emu.shutdown().await;
+}

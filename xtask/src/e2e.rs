@@ -45,6 +45,9 @@ pub struct Session {
     pub admin_port: u16,
     /// sa password of this run (generated; never committed).
     pub sa_password: String,
+    /// HS256 key the emulator checks Entra access tokens with (generated per run; the fake
+    /// Entra endpoint signs with it).
+    pub fedauth_key: String,
 }
 
 impl Session {
@@ -84,7 +87,7 @@ fn run_password() -> String {
 }
 
 /// Starts the emulator on loopback with ephemeral ports; reads them from its first line.
-fn start_emulator(dir: &Path, password: &str) -> Result<(Child, u16, u16)> {
+fn start_emulator(dir: &Path, password: &str, fedauth_key: &str) -> Result<(Child, u16, u16)> {
     let bin = cluster::target_dir().join("debug").join("mssql-emulator");
     let log = std::fs::File::create(dir.join("logs").join("emulator.log"))?;
     stop_recorded_emulator(dir);
@@ -97,6 +100,8 @@ fn start_emulator(dir: &Path, password: &str) -> Result<(Child, u16, u16)> {
             "--sa-password",
             password,
         ])
+        .env("MSSQL_EMULATOR_FEDAUTH_KEY", fedauth_key)
+        .env("MSSQL_EMULATOR_ENTRA_DIRECTORY", crate::identity::ENTRA_DIRECTORY)
         .stdout(Stdio::piped())
         .stderr(log)
         // Its own process group: `cargo xtask demo` leaves it running after the terminal's
@@ -204,7 +209,8 @@ pub fn start_env(name: &str) -> Result<Session> {
     let env = cluster::up(&dir)?;
     std::fs::create_dir_all(dir.join("logs"))?;
     let password = run_password();
-    let (emulator, sql_port, admin_port) = match start_emulator(&dir, &password) {
+    let fedauth_key = format!("fedauth-{}", run_password());
+    let (emulator, sql_port, admin_port) = match start_emulator(&dir, &password, &fedauth_key) {
         Ok(started) => started,
         Err(e) => {
             cluster::down(&dir)?;
@@ -218,6 +224,7 @@ pub fn start_env(name: &str) -> Result<Session> {
         sql_port,
         admin_port,
         sa_password: password,
+        fedauth_key,
     })
 }
 
@@ -417,7 +424,8 @@ pub fn all_suites() -> Result<()> {
         // Records every status, event and WorkItem from here on, for the secret scan.
         recorder = Some(crate::scan::Recorder::start(&session)?);
         run_suite(&session, "e2e")?;
-        provider_suites(&session)
+        provider_suites(&session)?;
+        crate::identity::run_suites(&session)
     })();
     // Last, whatever the suites did: no secret in any status, event, WorkItem or log line
     // (once the provider ran: before that there is nothing of ours to scan).

@@ -12,6 +12,7 @@ mod codegen;
 mod demo;
 mod e2e;
 mod emulator;
+mod identity;
 mod scan;
 mod test;
 mod testenv;
@@ -51,6 +52,9 @@ enum Command {
         #[arg(long = "suite", value_name = "SUITE")]
         suites: Vec<String>,
     },
+    /// Run the kuttl identity suite (Entra workload identity with a fake Entra endpoint, AWS
+    /// Secrets Manager with moto) on a fresh local environment (started and stopped).
+    Identity,
     /// Run the kuttl CEL suite against a running environment (`cargo xtask testenv up`).
     Cel,
     /// Bring up the local environment with the emulator and the provider, apply examples/, and
@@ -70,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Testenv { action } => testenv::run(action),
         Command::E2e { suites } => e2e::run(&suites),
+        Command::Identity => identity::run(),
         Command::Cel => cel::cel(),
         Command::Demo { down } => demo::run(down),
         Command::Bench(args) => bench::run(&args),

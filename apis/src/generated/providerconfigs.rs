@@ -61,6 +61,9 @@ pub struct ProviderConfigCredentials {
 /// AWS Secrets Manager settings (source AwsSecretsManager). The secret holds JSON with the login, as RDS-managed master secrets do.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct ProviderConfigCredentialsAwsSecretsManager {
+    /// One endpoint for every AWS call the worker makes, STS included, set as AWS_ENDPOINT_URL: a gateway or local stand-in that serves both. Unset: the SDK's default endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "endpointUrl")]
+    pub endpoint_url: Option<String>,
     /// JSON key holding the password.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "passwordKey")]
     pub password_key: Option<String>,
@@ -80,6 +83,13 @@ pub struct ProviderConfigCredentialsAwsSecretsManager {
 /// Entra ID settings (sources AzureWorkloadIdentity and AzureManagedIdentity).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct ProviderConfigCredentialsAzure {
+    /// ConfigMap holding a PEM CA bundle the worker trusts for the authority host, in addition to the system roots (a private authority, or a TLS-inspecting proxy).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "authorityCaConfigMapRef"
+    )]
+    pub authority_ca_config_map_ref: Option<ProviderConfigCredentialsAzureAuthorityCaConfigMapRef>,
     /// Entra authority host (default: the public cloud's <https://login.microsoftonline.com/).>
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "authorityHost")]
     pub authority_host: Option<String>,
@@ -89,6 +99,15 @@ pub struct ProviderConfigCredentialsAzure {
     /// Entra tenant id (AzureWorkloadIdentity).
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "tenantId")]
     pub tenant_id: Option<String>,
+}
+
+/// ConfigMap holding a PEM CA bundle the worker trusts for the authority host, in addition to the system roots (a private authority, or a TLS-inspecting proxy).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct ProviderConfigCredentialsAzureAuthorityCaConfigMapRef {
+    /// Key holding the PEM bundle.
+    pub key: String,
+    /// Name of the ConfigMap.
+    pub name: String,
 }
 
 /// Secret holding the SQL login the worker uses (source Secret). Always read from this ProviderConfig's namespace.

@@ -85,9 +85,15 @@ pub async fn build(client: &Client, pod: &Pod, c: &Container, base: &Base) -> Re
         }
     }
 
+    let mount_paths: Vec<&str> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
     for e in c.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
-            (Some(v), _) => Some(expand(v, &vars)),
+            (Some(v), _) => Some(in_mount_root(&expand(v, &vars), &mount_paths, &base.mount_root)),
             (None, Some(src)) => value_from(client, pod, c, src, base).await?,
             (None, None) => Some(String::new()),
         };
@@ -267,6 +273,26 @@ pub fn expand_all(list: &[String], vars: &[(String, String)]) -> Vec<String> {
     list.iter().map(|s| expand(s, vars)).collect()
 }
 
+/// A process has no mount namespace here, so an absolute path inside one of the container's
+/// `volumeMounts` (say `AZURE_FEDERATED_TOKEN_FILE=/var/run/secrets/azure/tokens/token`, as a
+/// webhook or the provider sets it) is mapped to the same path under the mount root, where
+/// the kubelet materialised that mount. This is the kubelet's stand-in for the container
+/// file system: programs read the path they were given, with no code of their own for it.
+pub fn in_mount_root(value: &str, mount_paths: &[&str], mount_root: &str) -> String {
+    if mount_root.is_empty() {
+        return value.to_owned();
+    }
+    let inside = mount_paths.iter().any(|m| {
+        let m = m.trim_end_matches('/');
+        !m.is_empty() && (value == m || value.strip_prefix(m).is_some_and(|rest| rest.starts_with('/')))
+    });
+    if inside {
+        format!("{}{value}", mount_root.trim_end_matches('/'))
+    } else {
+        value.to_owned()
+    }
+}
+
 /// Context for error messages naming the container.
 pub fn in_container<T>(r: Result<T>, c: &Container) -> Result<T> {
     r.with_context(|| format!("container {}", c.name))
@@ -274,7 +300,31 @@ pub fn in_container<T>(r: Result<T>, c: &Container) -> Result<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::{expand, field};
+    use super::{expand, field, in_mount_root};
+
+    #[test]
+    fn paths_inside_mounts_are_mapped_to_the_mount_root() {
+        let mounts = ["/var/run/secrets/azure/tokens", "/etc/ca/"];
+        // (why, value, expected)
+        let cases = [
+            (
+                "a file in a mount",
+                "/var/run/secrets/azure/tokens/azure-identity-token",
+                "/pods/p/mounts/c/var/run/secrets/azure/tokens/azure-identity-token",
+            ),
+            ("the mount itself", "/etc/ca", "/pods/p/mounts/c/etc/ca"),
+            (
+                "a sibling with the same prefix is not inside",
+                "/etc/cafe",
+                "/etc/cafe",
+            ),
+            ("not a path", "https://login.example/", "https://login.example/"),
+            ("a path outside every mount", "/usr/bin/env", "/usr/bin/env"),
+        ];
+        for (why, value, want) in cases {
+            assert_eq!(in_mount_root(value, &mounts, "/pods/p/mounts/c/"), want, "{why}");
+        }
+    }
     use k8s_openapi::api::core::v1::{ObjectFieldSelector, Pod, PodSpec};
     use kube::api::ObjectMeta;
 

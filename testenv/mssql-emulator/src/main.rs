@@ -39,9 +39,32 @@ struct Args {
     /// Seed for SIDs, salts and NEWID() (deterministic catalogs).
     #[arg(long)]
     seed: Option<u64>,
+    /// Stub Entra directory for `CREATE LOGIN|USER … FROM EXTERNAL PROVIDER` by name:
+    /// `name=<object id>` (an application or user, type E) or `name=<object id>:group`
+    /// (type X); repeatable, or comma-separated in the environment variable.
+    #[arg(long = "entra-principal", env = "MSSQL_EMULATOR_ENTRA_DIRECTORY", value_delimiter = ',', value_parser = entra_principal)]
+    entra_principals: Vec<mssql_emulator::catalog::EntraPrincipal>,
     /// Catalog snapshot: loaded at start if it exists, written on Ctrl-C.
     #[arg(long)]
     state: Option<PathBuf>,
+}
+
+fn entra_principal(text: &str) -> Result<mssql_emulator::catalog::EntraPrincipal, String> {
+    let (name, rest) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not name=<object id>[:group]"))?;
+    let (object_id, group) = match rest.strip_suffix(":group") {
+        Some(id) => (id, true),
+        None => (rest, false),
+    };
+    if name.is_empty() || object_id.len() != 36 {
+        return Err(format!("{text:?} is not name=<object id>[:group]"));
+    }
+    Ok(mssql_emulator::catalog::EntraPrincipal {
+        name: name.to_owned(),
+        object_id: object_id.to_owned(),
+        group,
+    })
 }
 
 #[tokio::main]
@@ -69,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
         fedauth_hs256_key: args.fedauth_hs256_key.map(String::into_bytes),
         seed: args.seed,
         clock_ms: None,
-        entra_directory: Vec::new(),
+        entra_directory: args.entra_principals,
         state_file: args.state,
     };
     let emu = Emulator::start(cfg).await?;

@@ -273,6 +273,25 @@ impl SqlPool {
     }
 
     async fn connect(&self, database: Option<&SqlName>) -> Result<Conn, SqlError> {
+        match self.connect_once(database).await {
+            // A refused login with a source that can fetch anew (a rotated secret, a token the
+            // server considers expired): one more try with fresh credentials, right away.
+            Err(e)
+                if e.kind == ErrorKind::AuthFailed
+                    && e.number.is_some()
+                    && self.credentials.refreshable() =>
+            {
+                tracing::info!(
+                    source = self.credentials.label(),
+                    "login refused; retrying once with freshly fetched credentials"
+                );
+                self.connect_once(database).await
+            }
+            other => other,
+        }
+    }
+
+    async fn connect_once(&self, database: Option<&SqlName>) -> Result<Conn, SqlError> {
         let credential = self
             .credentials
             .credential()
