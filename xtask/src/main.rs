@@ -9,6 +9,7 @@
 mod bench;
 mod cel;
 mod codegen;
+mod crossplane;
 mod demo;
 mod e2e;
 mod emulator;
@@ -55,6 +56,13 @@ enum Command {
     },
     /// Run the benchmark scenarios and write target/bench/result.json.
     Bench(bench::BenchArgs),
+    /// Offline Crossplane checks: render examples/composition with the functions running
+    /// locally, diff against the goldens, validate against the CRDs, build the package.
+    Crossplane {
+        /// Rewrite the golden files instead of comparing (same as UPDATE_GOLDEN=1).
+        #[arg(long)]
+        bless: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,5 +74,6 @@ fn main() -> anyhow::Result<()> {
         Command::Cel => cel::cel(),
         Command::Demo { down } => demo::run(down),
         Command::Bench(args) => bench::run(&args),
+        Command::Crossplane { bless } => crossplane::run(bless),
     }
 }
