@@ -56,8 +56,11 @@ struct Case {
     xr: &'static str,
     /// The Composition.
     composition: &'static str,
-    /// Observed composed resources (and Secrets they publish), if the case has any.
+    /// Observed composed resources, if the case has any.
     observed: Option<&'static str>,
+    /// Required resources: where render's engine finds the composed resources' connection
+    /// Secrets.
+    required: Option<&'static str>,
 }
 
 const PAT_COMPOSITION: &str = "examples/composition/composition-patch-and-transform.yaml";
@@ -67,27 +70,30 @@ const PAT_COMPOSITION: &str = "examples/composition/composition-patch-and-transf
 const CASES: &[Case] = &[
     Case {
         name: "patch-and-transform-create",
-        why: "a new XR: the first pass composes Database, Login, User, one Schema per entry and \
-              the Usages, wired by matchControllerRef selectors; nothing is ready, no Secret yet",
+        why: "a new XR: the first pass composes Database, Login, User, Schema and the Usages, \
+              wired by matchControllerRef selectors; nothing is ready, no Secret yet",
         xr: "examples/composition/xr.yaml",
         composition: PAT_COMPOSITION,
         observed: None,
+        required: None,
     },
     Case {
         name: "patch-and-transform-ready",
         why: "every composed resource observed Ready and the User's connection Secret published: \
-              the XR becomes Ready, surfaces the atProvider ids and composes the app's Secret",
+              the XR is Ready, shows the atProvider ids, and the app's Secret holds the details",
         xr: "examples/composition/xr.yaml",
         composition: PAT_COMPOSITION,
         observed: Some("testenv/crossplane/observed-ready.yaml"),
+        required: Some("testenv/crossplane/user-connection-secret.yaml"),
     },
     Case {
         name: "patch-and-transform-defaults",
-        why: "an XR giving only what is required: the XRD's defaults (server, default schema, \
-              roles, schemas) apply and the empty schema slots and their Usages are skipped",
+        why: "an XR giving only what is required, in another namespace: the XRD's defaults \
+              (server: ClusterProviderConfig default; no roles) fill the rest",
         xr: "testenv/crossplane/xr-minimal.yaml",
         composition: PAT_COMPOSITION,
         observed: None,
+        required: None,
     },
 ];
 
@@ -284,13 +290,13 @@ fn extensions(bins: &Binaries, root: &Path) -> String {
     .join(",")
 }
 
-/// `crossplane resource validate -o json` of `resources` (a path or `-` with `stdin`).
+/// `crossplane resource validate -o json` of `resources` (comma-separated files or directories).
 fn validate(
     bins: &Binaries,
     root: &Path,
     work: &Path,
     what: &str,
-    resources: &Path,
+    resources: &str,
     allowed_missing: &[(&str, &str)],
 ) -> Result<()> {
     let cache = work.join("validate-cache");
@@ -362,15 +368,17 @@ fn check_validation(json: &str, allowed: &[(&str, &str)]) -> Result<String> {
     Ok(format!("{valid} valid, {skipped} without a schema by design"))
 }
 
-/// Validates the example's own manifests (XRD, XR, Compositions, Functions) against
-/// Crossplane's CRDs and the XRD.
+/// Validates the example's own manifests (XRD, XR, Compositions with the patch-and-transform
+/// input, Functions) and the Crossplane install manifests of deploy/crossplane against
+/// Crossplane's CRDs and the XRD. (deploy/crossplane/rbac.yaml is core RBAC: a unit test checks
+/// it.)
 fn validate_inputs(bins: &Binaries, root: &Path, work: &Path) -> Result<()> {
     validate(
         bins,
         root,
         work,
-        "examples/composition",
-        &root.join(EXAMPLE_DIR),
+        "examples/composition and deploy/crossplane",
+        "examples/composition,deploy/crossplane/provider.yaml,deploy/crossplane/deploymentruntimeconfig.yaml",
         INPUTS_WITHOUT_SCHEMA,
     )
 }
@@ -399,6 +407,9 @@ fn render_case(bins: &Binaries, root: &Path, work: &Path, case: &Case, port: u16
     if let Some(observed) = case.observed {
         cmd.args(["--observed-resources", observed]);
     }
+    if let Some(required) = case.required {
+        cmd.args(["--required-resources", required]);
+    }
     let out = capture(&format!("render {}", case.name), &mut cmd, None, work)?;
     if !out.status.success() {
         bail!(
@@ -412,11 +423,11 @@ fn render_case(bins: &Binaries, root: &Path, work: &Path, case: &Case, port: u16
         .join(TEST_DIR)
         .join("golden")
         .join(format!("{}.yaml", case.name));
-    let header = format!(
-        "# Golden output of `cargo xtask crossplane`, case {}: {}\n# Regenerate with `cargo xtask crossplane --bless` and review the diff.\n",
-        case.name,
-        case.why.split_whitespace().collect::<Vec<_>>().join(" ")
-    );
+    let header = comment(&format!(
+        "Golden output of `cargo xtask crossplane`, case {}: {}. Regenerate with `cargo xtask \
+         crossplane --bless` and review the diff.",
+        case.name, case.why
+    ));
     let expected_text = format!("{header}{rendered}");
     if bless {
         std::fs::create_dir_all(golden.parent().expect("golden has a parent"))?;
@@ -444,15 +455,36 @@ fn render_case(bins: &Binaries, root: &Path, work: &Path, case: &Case, port: u16
         root,
         work,
         &format!("render {}", case.name),
-        &rendered_path,
+        &rendered_path.display().to_string(),
         RENDERED_WITHOUT_SCHEMA,
     )
 }
 
-/// Makes render output stable across runs: timestamps the render engine stamps with "now".
+/// `text` as YAML comment lines of at most 95 characters.
+fn comment(text: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::from("#");
+    for word in text.split_whitespace() {
+        if line.len() + 1 + word.len() > 95 && line != "#" {
+            out.push_str(&line);
+            out.push('\n');
+            line = String::from("#");
+        }
+        line.push(' ');
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
+}
+
+/// Makes render output stable across runs: timestamps the render engine stamps with "now",
+/// and the order of its `Result` documents (readiness results come out in map order). The
+/// composed objects keep their order (render sorts them).
 fn normalize(rendered: &str) -> String {
     const KEY: &str = "lastTransitionTime:";
-    rendered
+    const RESULT: &str = "kind: Result";
+    let stamped: Vec<String> = rendered
         .lines()
         .map(|line| {
             // `  lastTransitionTime: …` or `  - lastTransitionTime: …` (first key of a list item).
@@ -466,9 +498,30 @@ fn normalize(rendered: &str) -> String {
                 line.to_string()
             }
         })
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
+        .collect();
+    // Split into documents at `---` lines.
+    let mut docs: Vec<Vec<String>> = Vec::new();
+    for line in stamped {
+        if line == "---" || docs.is_empty() {
+            docs.push(Vec::new());
+        }
+        if line != "---" {
+            docs.last_mut().expect("pushed above").push(line);
+        }
+    }
+    let docs: Vec<String> = docs
+        .into_iter()
+        .map(|d| d.join("\n"))
+        .filter(|d| !d.trim().is_empty())
+        .collect();
+    let (mut results, objects): (Vec<String>, Vec<String>) =
+        docs.into_iter().partition(|d| d.lines().any(|l| l == RESULT));
+    results.sort();
+    objects
+        .into_iter()
+        .chain(results)
+        .map(|d| format!("---\n{d}\n"))
+        .collect()
 }
 
 /// A readable line diff (first difference with context), or `None` when equal.
@@ -582,7 +635,86 @@ fn xpkg_build(bins: &Binaries, root: &Path, work: &Path) -> Result<()> {
     let size = std::fs::metadata(&xpkg)
         .with_context(|| format!("xpkg build wrote no {}", xpkg.display()))?
         .len();
-    eprintln!("    xpkg build: {} ({size} bytes)", xpkg.display());
+
+    // The package is an image tarball: manifest.json, a config whose labels name the base
+    // layer (package.yaml) and the examples layer, and the layers as .tar.gz.
+    let unpacked = work.join("xpkg");
+    let _ = std::fs::remove_dir_all(&unpacked);
+    std::fs::create_dir_all(&unpacked)?;
+    untar(&xpkg, &unpacked, false)?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(unpacked.join("manifest.json"))?)?;
+    let config = manifest[0]["Config"]
+        .as_str()
+        .context("manifest.json: no Config")?;
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(unpacked.join(config))?)?;
+    let labels = config["config"]["Labels"]
+        .as_object()
+        .context("image config: no labels")?;
+    let mut contents = Vec::new();
+    for layer in manifest[0]["Layers"]
+        .as_array()
+        .context("manifest.json: no Layers")?
+    {
+        let file = layer.as_str().context("layer name")?;
+        let digest = file.trim_end_matches(".tar.gz");
+        let role = labels
+            .get(&format!("io.crossplane.xpkg:sha256:{digest}"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("unlabelled");
+        let dir = unpacked.join(role);
+        std::fs::create_dir_all(&dir)?;
+        untar(&unpacked.join(file), &dir, true)?;
+        contents.push(role.to_string());
+    }
+    let crds = std::fs::read_dir(root.join("package").join("crds"))?.count();
+    let package = std::fs::read_to_string(unpacked.join("base").join("package.yaml"))
+        .context("the package has no base layer with package.yaml")?;
+    let examples = std::fs::read_to_string(unpacked.join("upbound").join(".up").join("examples.yaml"))
+        .context("the package has no examples layer")?;
+    check_package(&package, crds)?;
+    for kind in [
+        "Database",
+        "Login",
+        "User",
+        "Schema",
+        "CompositeResourceDefinition",
+        "Composition",
+    ] {
+        if !examples.lines().any(|l| l == format!("kind: {kind}")) {
+            bail!("the package's examples hold no {kind}");
+        }
+    }
+    eprintln!(
+        "    xpkg build: {} ({size} bytes; layers {}; crossplane.yaml + {crds} CRDs; examples included)",
+        xpkg.display(),
+        contents.join(", ")
+    );
+    Ok(())
+}
+
+fn untar(archive: &Path, into: &Path, gzip: bool) -> Result<()> {
+    let mut cmd = Command::new("tar");
+    cmd.arg(if gzip { "-xzf" } else { "-xf" })
+        .arg(archive)
+        .arg("-C")
+        .arg(into);
+    let out = capture("untar", &mut cmd, None, into)?;
+    if !out.status.success() {
+        bail!("tar {}: {}", archive.display(), out.stderr.trim());
+    }
+    Ok(())
+}
+
+/// package.yaml must hold exactly the Provider metadata and every CRD of package/crds — and
+/// nothing else, which is what Crossplane allows in a provider package.
+fn check_package(package: &str, crds: usize) -> Result<()> {
+    let kinds: Vec<&str> = package.lines().filter_map(|l| l.strip_prefix("kind: ")).collect();
+    let providers = kinds.iter().filter(|k| **k == "Provider").count();
+    let defs = kinds.iter().filter(|k| **k == "CustomResourceDefinition").count();
+    if providers != 1 || defs != crds || kinds.len() != crds + 1 {
+        bail!("package.yaml holds {kinds:?}; expected one Provider and {crds} CRDs");
+    }
     Ok(())
 }
 
@@ -591,14 +723,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn normalize_replaces_only_transition_times() {
-        // Why: the render engine stamps conditions with the current time; nothing else in
-        // the output may change between runs, so nothing else is touched.
-        let input = "status:\n  conditions:\n  - lastTransitionTime: \"2026-11-25T20:00:00Z\"\n    type: Ready\n  name: lastTransitionTime\n";
-        assert_eq!(
-            normalize(input),
-            "status:\n  conditions:\n  - lastTransitionTime: \"2000-01-01T00:00:00Z\"\n    type: Ready\n  name: lastTransitionTime\n"
-        );
+    fn normalize_cases() {
+        // (why, render output, normalized)
+        let cases = [
+            (
+                "the engine stamps conditions with the current time; nothing else may change, so \
+                 nothing else is touched",
+                "---\nstatus:\n  conditions:\n  - lastTransitionTime: \"2026-11-25T20:00:00Z\"\n    type: Ready\n  name: lastTransitionTime\n",
+                "---\nstatus:\n  conditions:\n  - lastTransitionTime: \"2000-01-01T00:00:00Z\"\n    type: Ready\n  name: lastTransitionTime\n",
+            ),
+            (
+                "Result documents come out in map order: sorted, after the objects, whose own order \
+                 (render's) is kept",
+                "---\nkind: B\n---\nkind: Result\nmessage: z\n---\nkind: A\n---\nkind: Result\nmessage: a\n",
+                "---\nkind: B\n---\nkind: A\n---\nkind: Result\nmessage: a\n---\nkind: Result\nmessage: z\n",
+            ),
+        ];
+        for (why, input, expected) in cases {
+            assert_eq!(normalize(input), expected, "{why}");
+        }
     }
 
     #[test]
@@ -651,6 +794,36 @@ mod tests {
                 accepted,
                 "{why}"
             );
+        }
+    }
+
+    #[test]
+    fn package_contents_cases() {
+        // (why, package.yaml, accepted)
+        let cases = [
+            (
+                "metadata and both CRDs",
+                "kind: Provider\n---\nkind: CustomResourceDefinition\n---\nkind: CustomResourceDefinition\n",
+                true,
+            ),
+            (
+                "a CRD missing",
+                "kind: Provider\n---\nkind: CustomResourceDefinition\n",
+                false,
+            ),
+            (
+                "no metadata",
+                "kind: CustomResourceDefinition\n---\nkind: CustomResourceDefinition\n",
+                false,
+            ),
+            (
+                "an object Crossplane refuses in a provider package",
+                "kind: Provider\n---\nkind: CustomResourceDefinition\n---\nkind: CustomResourceDefinition\n---\nkind: Deployment\n",
+                false,
+            ),
+        ];
+        for (why, package, accepted) in cases {
+            assert_eq!(check_package(package, 2).is_ok(), accepted, "{why}");
         }
     }
 
@@ -747,7 +920,7 @@ mod tests {
             let plural = crd["spec"]["names"]["plural"].as_str().unwrap().to_string();
             allow(
                 &mut grants,
-                &[group.clone()],
+                std::slice::from_ref(&group),
                 &[plural.clone(), format!("{plural}/status")],
                 &system,
             );
