@@ -111,7 +111,7 @@ pub fn run(bless: bool) -> Result<()> {
     let bless = bless || std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
     let root = workspace_root();
     let bins = ensure_tools()?;
-    let work = root.join("target").join("crossplane");
+    let work = crate::testenv::cluster::target_dir().join("crossplane");
     std::fs::create_dir_all(&work)?;
 
     let started = Instant::now();
