@@ -98,13 +98,11 @@ const CASES: &[Case] = &[
 ];
 
 /// Kinds in rendered output that `resource validate` has no schema for, and why that is fine.
-const RENDERED_WITHOUT_SCHEMA: &[(&str, &str)] = &[
-    // A core Kubernetes kind: validate only knows CRDs, and the Secret's shape is fixed by the
-    // golden file anyway.
-    ("v1, Kind=Secret", "core kind"),
-    // `--include-function-results` output, not an object anyone applies.
-    ("render.crossplane.io/v1beta1, Kind=Result", "render output"),
-];
+/// (Core kinds such as the composed Secret are validated: the CLI knows their schemas.)
+const RENDERED_WITHOUT_SCHEMA: &[(&str, &str)] = &[(
+    "render.crossplane.io/v1beta1, Kind=Result",
+    "`--include-function-results` output, not an object anyone applies",
+)];
 
 /// `cargo xtask crossplane [--bless]`.
 pub fn run(bless: bool) -> Result<()> {
@@ -753,6 +751,7 @@ mod tests {
             )
         };
         let report = |rows: &[String]| format!(r#"{{"summary":{{}},"resources":[{}]}}"#, rows.join(","));
+        let result = r#"{"apiVersion":"render.crossplane.io/v1beta1","kind":"Result","name":"","status":"missingSchema"}"#.to_string();
         let secret = r#"{"apiVersion":"v1","kind":"Secret","name":"s","status":"missingSchema"}"#.to_string();
         let cases = [
             ("all valid passes", report(&[row("Database", "valid")]), true),
@@ -767,9 +766,14 @@ mod tests {
                 false,
             ),
             (
-                "a Secret without a schema is expected",
-                report(&[row("Database", "valid"), secret.clone()]),
+                "a render Result has no schema, by design",
+                report(&[row("Database", "valid"), result.clone()]),
                 true,
+            ),
+            (
+                "a Secret without a schema fails: the CLI knows core kinds, so something is off",
+                report(&[row("Database", "valid"), secret]),
+                false,
             ),
             (
                 "defaulting failures fail",
@@ -779,7 +783,7 @@ mod tests {
             ("an empty report fails: nothing was checked", report(&[]), false),
             (
                 "only allowed-missing resources fail: nothing was checked",
-                report(&[secret]),
+                report(&[result]),
                 false,
             ),
             (
