@@ -33,6 +33,9 @@ use std::{
 const CLI_MODULE: &str = "github.com/crossplane/cli/v2";
 const CORE_MODULE: &str = "github.com/crossplane/crossplane/v2";
 const PAT_MODULE: &str = "github.com/crossplane-contrib/function-patch-and-transform";
+/// go-containerregistry: its `cmd/registry` serves the function package to core in the e2e
+/// suite (already in the CLI's module graph, so no new pin).
+const REGISTRY_MODULE: &str = "github.com/google/go-containerregistry";
 /// Where both the CLI and core read their version (`crossplane version`), stamped like a release.
 const VERSION_VAR: &str = "github.com/crossplane/crossplane-runtime/v2/pkg/version.version";
 
@@ -104,8 +107,8 @@ const RENDERED_WITHOUT_SCHEMA: &[(&str, &str)] = &[(
     "`--include-function-results` output, not an object anyone applies",
 )];
 
-/// `cargo xtask crossplane [--bless]`.
-pub fn run(bless: bool) -> Result<()> {
+/// `cargo xtask crossplane [--bless] [--offline]`.
+pub fn run(bless: bool, offline: bool) -> Result<()> {
     let bless = bless || std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
     let root = workspace_root();
     let bins = ensure_tools()?;
@@ -129,13 +132,30 @@ pub fn run(bless: bool) -> Result<()> {
     }
 
     xpkg_build(&bins, &root, &work)?;
+    eprintln!("    crossplane offline checks: ok in {:.1?}", started.elapsed());
+    if !offline {
+        crate::crossplane_e2e::run(&bins_for_e2e(&bins), &work)?;
+    }
     eprintln!("    crossplane: ok in {:.1?}", started.elapsed());
     Ok(())
 }
 
+/// What the end-to-end part needs of the built tools.
+fn bins_for_e2e(b: &Binaries) -> crate::crossplane_e2e::Tools {
+    crate::crossplane_e2e::Tools {
+        cli: b.cli.clone(),
+        core: b.core.clone(),
+        function: b.pat.clone(),
+        function_package: b.pat_package.clone(),
+        function_version: b.pat_version.clone(),
+        registry: b.registry.clone(),
+        core_crds: b.core_crds.clone(),
+    }
+}
+
 /// The step of `cargo xtask test` (goldens are compared unless `UPDATE_GOLDEN=1`).
 pub fn step() -> Result<()> {
-    run(false)
+    run(false, false)
 }
 
 /// Built binaries and the pinned core module's CRDs.
@@ -148,6 +168,14 @@ struct Binaries {
     /// The CRD of function-patch-and-transform's input (`package/input` of its module), so
     /// `resource validate` checks the Composition's pipeline input too.
     pat_input: PathBuf,
+    /// function-patch-and-transform's package directory (crossplane.yaml + input CRD), built
+    /// into the function package the e2e suite installs.
+    pat_package: PathBuf,
+    /// function-patch-and-transform's pinned version.
+    pat_version: String,
+    /// An OCI registry (go-containerregistry's `cmd/registry`, from the CLI's module graph)
+    /// that serves that package on 127.0.0.1 during the e2e suite.
+    registry: PathBuf,
 }
 
 /// Where the module cache holds `module` as required by the tools module `tools`.
@@ -211,9 +239,19 @@ fn ensure_tools() -> Result<Binaries> {
     let core_crds = module_dir("crossplane-core", CORE_MODULE)?
         .join("cluster")
         .join("crds");
-    let pat_input = module_dir("function-patch-and-transform", PAT_MODULE)?
-        .join("package")
-        .join("input");
+    let pat_package = module_dir("function-patch-and-transform", PAT_MODULE)?.join("package");
+    let pat_input = pat_package.join("input");
+
+    // An indirect requirement of the CLI's tools module; its `require` line is the pin.
+    let registry_version = module_pin("crossplane", REGISTRY_MODULE)?;
+    let registry_dir = bin.join(format!("ggcr-registry-{registry_version}"));
+    build(
+        "crossplane",
+        &registry_dir,
+        "-s -w",
+        &[&format!("{REGISTRY_MODULE}/cmd/registry")],
+        &["registry"],
+    )?;
     for dir in [&core_crds, &pat_input] {
         if !dir.is_dir() {
             bail!("{} is missing", dir.display());
@@ -226,19 +264,22 @@ fn ensure_tools() -> Result<Binaries> {
         pat: pat_dir.join("function-patch-and-transform"),
         core_crds,
         pat_input,
+        pat_package,
+        pat_version,
+        registry: registry_dir.join("registry"),
     })
 }
 
 /// Output of one bounded command.
-struct Captured {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Captured {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Runs `cmd` with stdout and stderr in files under `work` (no pipe to fill up), stdin from
 /// `stdin` or nothing, and stops it after [`COMMAND_TIMEOUT`].
-fn capture(what: &str, cmd: &mut Command, stdin: Option<&Path>, work: &Path) -> Result<Captured> {
+pub(crate) fn capture(what: &str, cmd: &mut Command, stdin: Option<&Path>, work: &Path) -> Result<Captured> {
     let slug: String = what
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
@@ -547,7 +588,7 @@ fn line_diff(expected: &str, actual: &str) -> Option<String> {
 }
 
 /// A port on 127.0.0.1 that nothing listens on right now.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
     Ok(l.local_addr()?.port())
 }

@@ -10,6 +10,7 @@ mod bench;
 mod cel;
 mod codegen;
 mod crossplane;
+mod crossplane_e2e;
 mod demo;
 mod e2e;
 mod emulator;
@@ -56,12 +57,16 @@ enum Command {
     },
     /// Run the benchmark scenarios and write target/bench/result.json.
     Bench(bench::BenchArgs),
-    /// Offline Crossplane checks: render examples/composition with the functions running
-    /// locally, diff against the goldens, validate against the CRDs, build the package.
+    /// Crossplane checks: render examples/composition with the function running locally, diff
+    /// against the goldens, validate against the CRDs, build the package; then an XR end to
+    /// end under Crossplane core on a local environment.
     Crossplane {
         /// Rewrite the golden files instead of comparing (same as UPDATE_GOLDEN=1).
         #[arg(long)]
         bless: bool,
+        /// Skip the end-to-end part (Crossplane core on a local environment).
+        #[arg(long)]
+        offline: bool,
     },
 }
 
@@ -74,6 +79,6 @@ fn main() -> anyhow::Result<()> {
         Command::Cel => cel::cel(),
         Command::Demo { down } => demo::run(down),
         Command::Bench(args) => bench::run(&args),
-        Command::Crossplane { bless } => crossplane::run(bless),
+        Command::Crossplane { bless, offline } => crossplane::run(bless, offline),
     }
 }
