@@ -1,23 +1,27 @@
-//! `cargo xtask crossplane`: the Crossplane side of the project, checked offline.
+//! `cargo xtask crossplane`: the Crossplane side of the project.
 //!
 //! 1. Builds the Crossplane CLI, Crossplane core (the CLI renders by running core's
-//!    `crossplane internal render`) and function-patch-and-transform from their Go modules,
-//!    pinned in `testenv/tools/{crossplane,crossplane-core,function-patch-and-transform}/go.mod`
-//!    and cached like the control plane (see `testenv::tools`).
-//! 2. Validates the composition example's inputs (XRD, XR, Compositions, Functions) with
-//!    `crossplane resource validate` against Crossplane's own CRDs from the pinned core module.
+//!    `crossplane internal render`), function-patch-and-transform and go-containerregistry's
+//!    registry from their Go modules, pinned in
+//!    `testenv/tools/{crossplane,crossplane-core,function-patch-and-transform}/go.mod` and
+//!    cached like the control plane (see `testenv::tools`).
+//! 2. Validates the composition example's inputs (XRD, XR, Compositions, Functions) and the
+//!    package install manifests with `crossplane resource validate` against Crossplane's own
+//!    CRDs from the pinned core module.
 //! 3. Renders each case of [`CASES`] with `crossplane composition render`, the function running
 //!    as a local process (Development runtime, `--insecure`, a free 127.0.0.1 port), compares
 //!    the output with its golden file in `testenv/crossplane/golden/`, and validates the
 //!    rendered objects against our CRDs, the XRD and Crossplane's CRDs.
 //! 4. Builds the provider package with `crossplane xpkg build` (no embedded runtime image: none
 //!    can be built here) and checks what it holds.
+//! 5. Unless `--offline`: an XR end to end under Crossplane core (`crate::crossplane_e2e`).
 //!
 //! Goldens are rewritten instead of compared with `--bless` or `UPDATE_GOLDEN=1`.
 //!
-//! Nothing here needs a network beyond the Go module proxy for the first build:
+//! Steps 1–4 need no network beyond the Go module proxy for the first build:
 //! `resource validate` only downloads when handed package references (Provider, Function or
-//! Configuration objects) as *extensions*; we hand it CRD files only.
+//! Configuration objects) as *extensions*, or Crossplane's own package unless
+//! `--crossplane-image=` is empty; we hand it CRD files only.
 
 use crate::testenv::tools::{build, output, pin, tools_dir};
 use crate::util::{cache_dir, workspace_root};
