@@ -85,6 +85,9 @@ fn examples() -> Vec<Doc> {
     let root = repo_root();
     let mut files = Vec::new();
     yaml_files(&root.join("examples"), &mut files);
+    // examples/composition/ holds Crossplane kinds (XRD, Compositions, Functions, an XR), not
+    // this API's: `cargo xtask crossplane` renders and validates those.
+    files.retain(|f| !f.starts_with(root.join("examples").join("composition")));
     assert!(!files.is_empty(), "no example manifests found");
     let mut docs = Vec::new();
     for path in files {
@@ -369,7 +372,7 @@ fn the_examples_work_together() {
 /// uptest reads these annotations: the example id names the file's root kind
 /// (`sqlserver/v1alpha1/<kind>`, lower case), the timeout is whole seconds, and the update
 /// parameter is a JSON object merged into the root's `spec.forProvider`, which must still be
-/// valid afterwards.
+/// valid afterwards; every root uptest runs lists the conditions to wait for (Ready, Synced).
 #[test]
 fn uptest_annotations_are_usable() {
     let docs = examples();
@@ -403,6 +406,21 @@ fn uptest_annotations_are_usable() {
                 assert!(
                     timeout.parse::<u32>().is_ok_and(|t| t > 0),
                     "{}: uptest.upbound.io/timeout must be whole seconds",
+                    doc.at()
+                );
+            }
+            // uptest asserts every listed condition True; a root it runs must list both of
+            // ours, and only conditions our kinds have.
+            let runs = doc.annotation("upjet.upbound.io/manual-intervention").is_none();
+            if runs && doc.kind().to_lowercase() == root_kind {
+                let conditions = doc
+                    .annotation("uptest.upbound.io/conditions")
+                    .unwrap_or_else(|| panic!("{}: no uptest.upbound.io/conditions", doc.at()));
+                let listed: BTreeSet<&str> = conditions.split(',').map(str::trim).collect();
+                assert_eq!(
+                    listed,
+                    BTreeSet::from(["Ready", "Synced"]),
+                    "{}: uptest.upbound.io/conditions",
                     doc.at()
                 );
             }

@@ -9,6 +9,8 @@
 mod bench;
 mod cel;
 mod codegen;
+mod crossplane;
+mod crossplane_e2e;
 mod demo;
 mod e2e;
 mod emulator;
@@ -66,6 +68,17 @@ enum Command {
     },
     /// Run the benchmark scenarios and write target/bench/result.json.
     Bench(bench::BenchArgs),
+    /// Crossplane checks: render examples/composition with the function running locally, diff
+    /// against the goldens, validate against the CRDs, build the package; then an XR end to
+    /// end under Crossplane core on a local environment.
+    Crossplane {
+        /// Rewrite the golden files instead of comparing (same as UPDATE_GOLDEN=1).
+        #[arg(long)]
+        bless: bool,
+        /// Skip the end-to-end part (Crossplane core on a local environment).
+        #[arg(long)]
+        offline: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,5 +91,6 @@ fn main() -> anyhow::Result<()> {
         Command::Cel => cel::cel(),
         Command::Demo { down } => demo::run(down),
         Command::Bench(args) => bench::run(&args),
+        Command::Crossplane { bless, offline } => crossplane::run(bless, offline),
     }
 }

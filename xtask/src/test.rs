@@ -11,7 +11,8 @@ use std::time::Duration;
 /// Options of `cargo xtask test`.
 #[derive(clap::Args)]
 pub struct TestArgs {
-    /// Skip a step by name (repeatable): fmt, gen, clippy, deny, unit, emulator-clients, kuttl.
+    /// Skip a step by name (repeatable): fmt, gen, clippy, deny, unit, emulator-clients,
+    /// crossplane, kuttl.
     #[arg(long = "skip", value_name = "STEP")]
     skip: Vec<String>,
 }
@@ -26,6 +27,7 @@ const STEPS: &[Step] = &[
     ("deny", deny),
     ("unit", unit),
     ("emulator-clients", crate::emulator::fidelity_clients),
+    ("crossplane", crate::crossplane::step),
     ("kuttl", crate::e2e::all_suites),
 ];
 

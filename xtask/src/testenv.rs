@@ -18,7 +18,7 @@
 
 mod certs;
 pub(crate) mod cluster;
-mod tools;
+pub(crate) mod tools;
 
 use crate::util::workspace_root;
 use anyhow::{Context, Result, bail};

@@ -41,12 +41,12 @@ const K8S_MODULE: &str = "k8s.io/kubernetes";
 const ETCD_MODULE: &str = "go.etcd.io/etcd/server/v3";
 const KUTTL_MODULE: &str = "github.com/kudobuilder/kuttl";
 
-fn tools_dir(name: &str) -> PathBuf {
+pub(crate) fn tools_dir(name: &str) -> PathBuf {
     workspace_root().join("testenv").join("tools").join(name)
 }
 
 /// The version a tools module pins for `module` (its `require` line).
-fn pin(gomod: &str, module: &str) -> Result<String> {
+pub(crate) fn pin(gomod: &str, module: &str) -> Result<String> {
     gomod
         .lines()
         .map(|l| l.trim().trim_start_matches("require").trim())
@@ -61,7 +61,7 @@ fn pin(gomod: &str, module: &str) -> Result<String> {
 
 /// `go` with the project's caches, no cgo, and the installed toolchain only: a module's
 /// toolchain line must never make `go` fetch another toolchain behind our back.
-fn go(dir: &Path) -> Result<Command> {
+pub(crate) fn go(dir: &Path) -> Result<Command> {
     let cache = cache_dir()?;
     let mut cmd = Command::new("go");
     cmd.current_dir(dir)
@@ -119,7 +119,7 @@ fn run_bounded(step: &str, cmd: &mut Command, limit: Duration) -> Result<()> {
     }
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("cannot run {cmd:?} (is Go installed?)"))?;
@@ -201,7 +201,7 @@ fn module_hash(dir: &Path) -> Result<String> {
 }
 
 /// Builds `packages` of the tools module `name` into `out` unless the stamp says it is current.
-fn build(name: &str, out: &Path, ldflags: &str, packages: &[&str], expect: &[&str]) -> Result<()> {
+pub(crate) fn build(name: &str, out: &Path, ldflags: &str, packages: &[&str], expect: &[&str]) -> Result<()> {
     let dir = tools_dir(name);
     let hash = module_hash(&dir)?;
     let stamp = out.join(".built");
