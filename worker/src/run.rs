@@ -129,7 +129,8 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
     let selector = format!("{LABEL_WORKER}={}", config.worker_name);
     let mut events = Box::pin(
         watcher(api.clone(), watcher::Config::default().labels(&selector))
-            .default_backoff()
+            // A short ceiling: back within seconds of an apiserver restart (apis::backoff).
+            .backoff(apis::backoff::WatchBackoff::default())
             .reflect(writer),
     );
 
