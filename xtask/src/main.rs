@@ -12,6 +12,7 @@ mod codegen;
 mod demo;
 mod e2e;
 mod emulator;
+mod faults;
 mod test;
 mod testenv;
 mod util;
@@ -55,6 +56,8 @@ enum Command {
     },
     /// Run the benchmark scenarios and write target/bench/result.json.
     Bench(bench::BenchArgs),
+    /// Run the fault-injection scenarios on a fresh local environment (started and stopped).
+    Faults(faults::FaultsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,5 +69,6 @@ fn main() -> anyhow::Result<()> {
         Command::Cel => cel::cel(),
         Command::Demo { down } => demo::run(down),
         Command::Bench(args) => bench::run(&args),
+        Command::Faults(args) => faults::run(&args),
     }
 }

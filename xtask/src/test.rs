@@ -11,7 +11,8 @@ use std::time::Duration;
 /// Options of `cargo xtask test`.
 #[derive(clap::Args)]
 pub struct TestArgs {
-    /// Skip a step by name (repeatable): fmt, gen, clippy, deny, unit, emulator-clients, kuttl.
+    /// Skip a step by name (repeatable): fmt, gen, clippy, deny, unit, emulator-clients, kuttl,
+    /// faults.
     #[arg(long = "skip", value_name = "STEP")]
     skip: Vec<String>,
 }
@@ -27,6 +28,7 @@ const STEPS: &[Step] = &[
     ("unit", unit),
     ("emulator-clients", crate::emulator::fidelity_clients),
     ("kuttl", crate::e2e::all_suites),
+    ("faults", crate::faults::step),
 ];
 
 /// Runs the steps; keeps going after a failure so one run shows every problem.
