@@ -5,7 +5,7 @@
 //!   ─▶ worker-kill         SIGKILL of the worker process while its queue is half done
 //!   ─▶ lease-takeover      two worker replicas; the Lease holder killed, the standby takes over
 //!   ─▶ sql-outage          the emulator stopped for 30 s (connections refused), then back
-//!   ─▶ sql-drops           the emulator closes connections instead of answering requests
+//!   ─▶ sql-drops           the emulator closes connections mid-request (before or after running it)
 //!   ─▶ apiserver-restart   kube-apiserver stopped and started again
 //!   ─▶ provider-restart    SIGKILL of the provider during a mass deletion
 //!   ─▶ hostile-names       200 hostile external names applied concurrently
@@ -859,24 +859,31 @@ impl Faults<'_> {
         ))
     }
 
-    /// `sql-drops`: the emulator closes the connection instead of answering requests, while
-    /// the worker creates databases. Every drop is consumed, everything converges, each
-    /// database is created exactly once.
+    /// `sql-drops`: the emulator closes connections mid-request while the worker creates
+    /// databases: some requests are never run (`drop_next`), and some `CREATE DATABASE`s run
+    /// but their answer is lost (`drop_after`), so the worker cannot know they succeeded.
+    /// Every fault is consumed, everything converges, and each database is created exactly
+    /// once: a lost answer is followed by a fresh observation, never a second CREATE.
     fn sql_drops(&mut self) -> Result<String> {
         const NS: &str = "faults-drops";
         const N: u64 = 40;
         const DROPS: u64 = 12;
+        const LOST: u64 = 5;
         let specs: Vec<Spec> = (0..N)
             .map(|i| Spec::database(format!("dr-{i:03}"), format!("faults_dr_{i:03}")))
             .collect();
         let before = self.counters()?;
-        self.faults(json!({"drop_next": DROPS, "delay_ms": 10}))?;
+        self.faults(json!({
+            "drop_next": DROPS,
+            "drop_after": {"pattern": "CREATE DATABASE", "count": LOST},
+            "delay_ms": 10,
+        }))?;
         self.create(NS, &specs)?;
         self.wait_ready(NS, N as usize, CONVERGE)?;
         let faults = self.admin("GET", "/faults", None)?;
         ensure!(
-            faults["drop_next"].as_u64() == Some(0),
-            "not every drop was consumed: {faults}"
+            faults["drop_next"].as_u64() == Some(0) && faults["drop_after"].is_null(),
+            "not every fault was consumed: {faults}"
         );
         self.faults(json!({"delay_ms": 0}))?;
         let after = self.counters()?;
@@ -891,7 +898,7 @@ impl Faults<'_> {
             - before["connections_opened"].as_u64().unwrap_or(0);
         self.delete_and_check(NS, &specs)?;
         Ok(format!(
-            "{DROPS} connections dropped mid-request, {reconnects} connections opened; {N} created once each"
+            "{DROPS} requests dropped unanswered and {LOST} CREATEs run with their answer lost; {reconnects} connections opened; {N} created once each"
         ))
     }
 
