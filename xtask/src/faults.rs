@@ -92,15 +92,19 @@ pub fn run(args: &FaultsArgs) -> Result<()> {
         eprintln!("==> faults scenario {name}");
         let t0 = Instant::now();
         let mut f = Faults { s: &mut session };
-        let outcome = f.prepare().and_then(|()| match name {
-            "worker-kill" => f.worker_kill(),
-            "lease-takeover" => f.lease_takeover(),
-            "sql-outage" => f.sql_outage(),
-            "sql-drops" => f.sql_drops(),
-            "apiserver-restart" => f.apiserver_restart(),
-            "provider-restart" => f.provider_restart(),
-            _ => f.hostile_names(),
-        });
+        // A panic in a scenario is its failure, never a reason to leave processes running.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            f.prepare().and_then(|()| match name {
+                "worker-kill" => f.worker_kill(),
+                "lease-takeover" => f.lease_takeover(),
+                "sql-outage" => f.sql_outage(),
+                "sql-drops" => f.sql_drops(),
+                "apiserver-restart" => f.apiserver_restart(),
+                "provider-restart" => f.provider_restart(),
+                _ => f.hostile_names(),
+            })
+        }))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the scenario panicked")));
         match &outcome {
             Ok(summary) => eprintln!("    {name}: ok in {:.0?}: {summary}", t0.elapsed()),
             Err(e) => eprintln!("    {name}: FAILED after {:.0?}: {e:#}", t0.elapsed()),
@@ -241,6 +245,12 @@ fn names(list: &Value) -> BTreeSet<String> {
 /// Statements of one kind (`"CREATE DATABASE"`, `"DROP LOGIN"`, …) the emulator executed.
 fn statements(counters: &Value, kind: &str) -> u64 {
     counters["statements"][kind].as_u64().unwrap_or(0)
+}
+
+/// How many more statements of `kind` ran in `after` than in `before` (0 if the emulator
+/// restarted in between and its counters started over).
+fn grew(after: &Value, before: &Value, kind: &str) -> u64 {
+    statements(after, kind).saturating_sub(statements(before, kind))
 }
 
 /// The externals of `specs` of one kind.
@@ -529,8 +539,8 @@ impl Faults<'_> {
             minus(&principal_names(&now), &expected_logins),
             minus(&expected_logins, &principal_names(&now))
         );
-        let dropped_dbs = statements(&after, "DROP DATABASE") - statements(&before, "DROP DATABASE");
-        let dropped_logins = statements(&after, "DROP LOGIN") - statements(&before, "DROP LOGIN");
+        let dropped_dbs = grew(&after, &before, "DROP DATABASE");
+        let dropped_logins = grew(&after, &before, "DROP LOGIN");
         ensure!(
             dropped_dbs == dbs.len() as u64 && dropped_logins == logins.len() as u64,
             "deleting {namespace}: DROP DATABASE ran {dropped_dbs} times for {} databases, DROP LOGIN {dropped_logins} for {} logins",
@@ -611,7 +621,7 @@ impl Faults<'_> {
             .context("no worker pod of config default")?;
         let pid = pid.context("worker pod without a process id")?;
         let before = self.counters()?;
-        let created = |c: &Value| statements(c, "CREATE DATABASE") - statements(&before, "CREATE DATABASE");
+        let created = |c: &Value| grew(c, &before, "CREATE DATABASE");
         // Slow statements so that the kill lands with the queue half done.
         self.faults(json!({"delay_ms": 40}))?;
         self.create(NS, &specs)?;
@@ -723,7 +733,7 @@ impl Faults<'_> {
             })
             .collect();
         let before = self.counters()?;
-        let created = |c: &Value| statements(c, "CREATE DATABASE") - statements(&before, "CREATE DATABASE");
+        let created = |c: &Value| grew(c, &before, "CREATE DATABASE");
         self.faults(json!({"delay_ms": 40}))?;
         self.create(NS, &specs)?;
         let at_kill = created(&self.wait_counters("5 databases created", CONVERGE, |c| created(c) >= 5)?);
@@ -889,13 +899,15 @@ impl Faults<'_> {
         let after = self.counters()?;
         let missing = minus(&externals(&specs, is_database), &database_names(&self.catalog()?));
         ensure!(missing.is_empty(), "databases missing in SQL: {missing:?}");
-        let created = statements(&after, "CREATE DATABASE") - statements(&before, "CREATE DATABASE");
+        let created = grew(&after, &before, "CREATE DATABASE");
         ensure!(
             created == N,
             "CREATE DATABASE ran {created} times for {N} databases"
         );
-        let reconnects = after["connections_opened"].as_u64().unwrap_or(0)
-            - before["connections_opened"].as_u64().unwrap_or(0);
+        let reconnects = after["connections_opened"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(before["connections_opened"].as_u64().unwrap_or(0));
         self.delete_and_check(NS, &specs)?;
         Ok(format!(
             "{DROPS} requests dropped unanswered and {LOST} CREATEs run with their answer lost; {reconnects} connections opened; {N} created once each"
@@ -967,8 +979,8 @@ impl Faults<'_> {
             })
         })?;
         let after = self.counters()?;
-        let created = statements(&after, "CREATE DATABASE") - statements(&before, "CREATE DATABASE");
-        let dropped = statements(&after, "DROP DATABASE") - statements(&before, "DROP DATABASE");
+        let created = grew(&after, &before, "CREATE DATABASE");
+        let dropped = grew(&after, &before, "DROP DATABASE");
         ensure!(
             created == later.len() as u64 && dropped == deleted.len() as u64,
             "after the restart CREATE DATABASE ran {created} times for {} and DROP DATABASE {dropped} for {}",
@@ -999,10 +1011,7 @@ impl Faults<'_> {
         self.wait_ready(NS, specs.len(), CONVERGE)?;
         let catalog = self.catalog()?;
         let before = self.counters()?;
-        let dropped = |c: &Value| {
-            (statements(c, "DROP DATABASE") + statements(c, "DROP LOGIN"))
-                - (statements(&before, "DROP DATABASE") + statements(&before, "DROP LOGIN"))
-        };
+        let dropped = |c: &Value| grew(c, &before, "DROP DATABASE") + grew(c, &before, "DROP LOGIN");
         let (pod, pid, restarts) = self
             .pods(PROVIDER_NAMESPACE, "provider-sqlserver")?
             .into_iter()
@@ -1048,8 +1057,8 @@ impl Faults<'_> {
             minus(&principal_names(&now), &expected_logins),
             minus(&expected_logins, &principal_names(&now))
         );
-        let dbs = statements(&after, "DROP DATABASE") - statements(&before, "DROP DATABASE");
-        let logins = statements(&after, "DROP LOGIN") - statements(&before, "DROP LOGIN");
+        let dbs = grew(&after, &before, "DROP DATABASE");
+        let logins = grew(&after, &before, "DROP LOGIN");
         ensure!(
             dbs == DBS as u64 && logins == LOGINS as u64,
             "DROP DATABASE ran {dbs} times for {DBS} databases, DROP LOGIN {logins} for {LOGINS} logins"
