@@ -687,8 +687,9 @@ impl Faults<'_> {
 
     /// `lease-takeover`: a config with two worker replicas; the Lease holder is killed (its
     /// process SIGKILLed and its pod force-deleted, as when a node dies) while the queue is
-    /// half done. The standby must hold the Lease within the lease duration (+ grace, + slack)
-    /// and drain the queue; every database is created exactly once.
+    /// half done. Another replica (the standby, or the replacement pod if it wins the race)
+    /// must hold the Lease within the lease duration (+ grace, + slack) and drain the queue;
+    /// every database is created exactly once.
     fn lease_takeover(&mut self) -> Result<String> {
         const NS: &str = "faults-lease";
         const CONFIG: &str = "faults-ha";
@@ -721,11 +722,6 @@ impl Faults<'_> {
             .find(|(p, _, _)| *p == holder)
             .with_context(|| format!("Lease holder {holder} is not one of the pods {pods:?}"))?;
         let holder_pid = holder_pid.context("holder pod without a process id")?;
-        let standby = pods
-            .iter()
-            .map(|(p, _, _)| p.clone())
-            .find(|p| *p != holder)
-            .context("no standby pod")?;
         let specs: Vec<Spec> = (0..N)
             .map(|i| Spec {
                 config: CONFIG.into(),
@@ -751,11 +747,24 @@ impl Faults<'_> {
             "--wait=false",
         ])?;
         ensure!(at_kill < N, "all {N} databases were created before the kill");
+        // Another replica must take over: the standby that ran all along, or the pod the
+        // ReplicaSet started in place of the killed one, whichever acquires first.
         let bound = Duration::from_secs(LEASE_SECONDS + LEASE_GRACE_SECONDS + TAKEOVER_SLACK_SECONDS);
-        e2e::wait_for(&format!("standby {standby} holds the Lease"), bound, || {
-            self.lease(&worker).is_ok_and(|(h, _)| h == standby)
+        let mut new_holder = String::new();
+        e2e::wait_for("another replica holds the Lease", bound, || {
+            new_holder = self.lease(&worker).map(|(h, _)| h).unwrap_or_default();
+            !new_holder.is_empty()
+                && new_holder != holder
+                && self
+                    .pods(PROVIDER_NAMESPACE, &worker)
+                    .is_ok_and(|p| p.iter().any(|(name, _, _)| *name == new_holder))
         })?;
         let takeover = killed.elapsed();
+        let which = if pods.iter().any(|(p, _, _)| *p == new_holder) {
+            "the standby"
+        } else {
+            "the replacement pod"
+        };
         self.faults(json!({"delay_ms": 0}))?;
         self.wait_ready(NS, N as usize, CONVERGE)?;
         let after = self.counters()?;
@@ -775,7 +784,7 @@ impl Faults<'_> {
             "--timeout=120s",
         ])?;
         Ok(format!(
-            "holder killed after {at_kill}/{N} creates; standby held the Lease {:.1}s later (bound {}s); queue drained, each created once",
+            "holder killed after {at_kill}/{N} creates; {which} {new_holder} held the Lease {:.1}s later (bound {}s); queue drained, each created once",
             takeover.as_secs_f64(),
             bound.as_secs()
         ))
