@@ -3,7 +3,7 @@
 //! ```text
 //! e2e::start (cluster + emulator + provider + ClusterProviderConfig default)
 //!   ─▶ worker-kill         SIGKILL of the worker process while its queue is half done
-//!   ─▶ lease-takeover      two worker replicas; the Lease holder killed, the standby takes over
+//!   ─▶ lease-takeover      two worker replicas; the Lease holder frozen then killed, the standby takes over
 //!   ─▶ sql-outage          the emulator stopped for 30 s (connections refused), then back
 //!   ─▶ sql-drops           the emulator closes connections mid-request (before or after running it)
 //!   ─▶ apiserver-restart   kube-apiserver stopped and started again
@@ -577,9 +577,14 @@ impl Faults<'_> {
             .collect())
     }
 
-    /// SIGKILL of a pod's process, after checking that the PID runs `binary` (a recycled PID
-    /// belonging to something else is never signalled).
+    /// SIGKILL of a pod's process (see [`Faults::signal_pod_process`]).
     fn kill_pod_process(&self, pid: u32, binary: &str) -> Result<()> {
+        self.signal_pod_process(pid, binary, "KILL")
+    }
+
+    /// Sends `signal` to a pod's process, after checking that the PID runs `binary` (a
+    /// recycled PID belonging to something else is never signalled).
+    fn signal_pod_process(&self, pid: u32, binary: &str, signal: &str) -> Result<()> {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let argv0 =
             String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
@@ -588,10 +593,10 @@ impl Faults<'_> {
             "pid {pid} runs {argv0:?}, not {binary}: not signalled"
         );
         let status = Command::new("kill")
-            .args(["-s", "KILL", "--", &pid.to_string()])
+            .args(["-s", signal, "--", &pid.to_string()])
             .status()?;
-        ensure!(status.success(), "kill -s KILL {pid} failed");
-        eprintln!("    SIGKILL to {binary} (pid {pid})");
+        ensure!(status.success(), "kill -s {signal} {pid} failed");
+        eprintln!("    SIG{signal} to {binary} (pid {pid})");
         Ok(())
     }
 
@@ -685,11 +690,10 @@ impl Faults<'_> {
         ))
     }
 
-    /// `lease-takeover`: a config with two worker replicas; the Lease holder is killed (its
-    /// process SIGKILLed and its pod force-deleted, as when a node dies) while the queue is
-    /// half done. Another replica (the standby, or the replacement pod if it wins the race)
-    /// must hold the Lease within the lease duration (+ grace, + slack) and drain the queue;
-    /// every database is created exactly once.
+    /// `lease-takeover`: a config with two worker replicas; the Lease holder stops dead
+    /// (SIGSTOP) while the queue is half done. The standby must hold the Lease within the
+    /// lease duration (+ grace, + slack); the frozen holder is then killed (SIGKILL) and
+    /// restarted by the kubelet; the queue drains and every database is created exactly once.
     fn lease_takeover(&mut self) -> Result<String> {
         const NS: &str = "faults-lease";
         const CONFIG: &str = "faults-ha";
@@ -733,38 +737,28 @@ impl Faults<'_> {
         self.faults(json!({"delay_ms": 40}))?;
         self.create(NS, &specs)?;
         let at_kill = created(&self.wait_counters("5 databases created", CONVERGE, |c| created(c) >= 5)?);
-        self.kill_pod_process(holder_pid, "worker")?;
-        let killed = Instant::now();
-        // The pod goes too, so its restarted process cannot come back as the holder.
-        self.kubectl(&[
-            "delete",
-            "pod",
-            &holder,
-            "-n",
-            PROVIDER_NAMESPACE,
-            "--grace-period=0",
-            "--force",
-            "--wait=false",
-        ])?;
-        ensure!(at_kill < N, "all {N} databases were created before the kill");
-        // Another replica must take over: the standby that ran all along, or the pod the
-        // ReplicaSet started in place of the killed one, whichever acquires first.
+        // The holder stops dead (SIGSTOP): no renewals, no exit, no restart, no replacement
+        // pod — only the standby can take over, as when a node hangs or is cut off.
+        self.signal_pod_process(holder_pid, "worker", "STOP")?;
+        let frozen = Instant::now();
+        ensure!(
+            at_kill < N,
+            "all {N} databases were created before the holder stopped"
+        );
+        let standby = pods
+            .iter()
+            .map(|(p, _, _)| p.clone())
+            .find(|p| *p != holder)
+            .context("no standby pod")?;
         let bound = Duration::from_secs(LEASE_SECONDS + LEASE_GRACE_SECONDS + TAKEOVER_SLACK_SECONDS);
-        let mut new_holder = String::new();
-        e2e::wait_for("another replica holds the Lease", bound, || {
-            new_holder = self.lease(&worker).map(|(h, _)| h).unwrap_or_default();
-            !new_holder.is_empty()
-                && new_holder != holder
-                && self
-                    .pods(PROVIDER_NAMESPACE, &worker)
-                    .is_ok_and(|p| p.iter().any(|(name, _, _)| *name == new_holder))
-        })?;
-        let takeover = killed.elapsed();
-        let which = if pods.iter().any(|(p, _, _)| *p == new_holder) {
-            "the standby"
-        } else {
-            "the replacement pod"
-        };
+        let waited = e2e::wait_for(&format!("standby {standby} holds the Lease"), bound, || {
+            self.lease(&worker).is_ok_and(|(h, _)| h == standby)
+        });
+        let takeover = frozen.elapsed();
+        // Then the frozen holder is killed; the kubelet restarts it, and with the Lease
+        // taken it comes back as the standby.
+        self.signal_pod_process(holder_pid, "worker", "KILL")?;
+        waited?;
         self.faults(json!({"delay_ms": 0}))?;
         self.wait_ready(NS, N as usize, CONVERGE)?;
         let after = self.counters()?;
@@ -784,7 +778,7 @@ impl Faults<'_> {
             "--timeout=120s",
         ])?;
         Ok(format!(
-            "holder killed after {at_kill}/{N} creates; {which} {new_holder} held the Lease {:.1}s later (bound {}s); queue drained, each created once",
+            "holder stopped after {at_kill}/{N} creates; standby {standby} held the Lease {:.1}s later (bound {}s); holder killed; queue drained, each created once",
             takeover.as_secs_f64(),
             bound.as_secs()
         ))
