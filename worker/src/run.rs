@@ -226,7 +226,7 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
                     last_ping = now;
                     let (pool, health) = (pool.clone(), health.clone());
                     tokio::spawn(async move {
-                        health.sql_ok.store(pool.ping().await.is_ok(), Ordering::Relaxed);
+                        health.record_ping(pool.ping().await.map_err(|e| e.to_string()));
                     });
                 }
                 dispatch(&mut scheduler, &store, &reconciler, &permits, &done_tx, now);
