@@ -108,10 +108,18 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    /// (why, synced, leader, ping outcome, part of the expected reason)
+    type Case = (
+        &'static str,
+        bool,
+        bool,
+        Option<Result<(), String>>,
+        Option<&'static str>,
+    );
+
     #[test]
     fn readiness_says_why() {
-        // (why, synced, leader, ping outcome, expected reason)
-        let cases: [(&str, bool, bool, Option<Result<(), String>>, Option<&str>); 5] = [
+        let cases: [Case; 5] = [
             ("a standby is ready once synced", true, false, None, None),
             (
                 "not before the cache is synced",
