@@ -600,6 +600,42 @@ impl Faults<'_> {
         Ok(())
     }
 
+    /// `GET /readyz` of a worker's pod on its pod IP (a loopback address in this environment).
+    fn worker_readyz(&self, worker: &str) -> Result<String> {
+        use std::io::{Read, Write};
+        let (pod, _, _) = self
+            .pods(PROVIDER_NAMESPACE, worker)?
+            .into_iter()
+            .next()
+            .with_context(|| format!("no pod of {worker}"))?;
+        let ip: std::net::Ipv4Addr = self
+            .kubectl(&[
+                "-n",
+                PROVIDER_NAMESPACE,
+                "get",
+                "pod",
+                &pod,
+                "-o",
+                "jsonpath={.status.podIP}",
+            ])?
+            .trim()
+            .parse()
+            .with_context(|| format!("pod IP of {pod}"))?;
+        ensure!(
+            ip.is_loopback(),
+            "pod IP {ip} of {pod} is not a loopback address: not dialled"
+        );
+        let mut stream = std::net::TcpStream::connect_timeout(&(ip, 8080).into(), Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "GET /readyz HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    }
+
     /// Polls the emulator's counters until `check` holds (bounded).
     fn wait_counters(&self, what: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Result<Value> {
         let mut seen = Value::Null;
@@ -835,6 +871,14 @@ impl Faults<'_> {
                 },
             )
             .with_context(|| format!("last WorkerReady seen: {config:?}"))?;
+            // What the kubelet's readiness probe gets from the worker (on its loopback pod IP).
+            let readyz = self.worker_readyz("sqlserver-worker-cpc-default")?;
+            ensure!(
+                readyz.starts_with("HTTP/1.1 503")
+                    && readyz.contains("SQL Server unreachable")
+                    && readyz.contains("cannot connect to SQL Server at"),
+                "the worker's /readyz during the outage: {readyz:?}"
+            );
             let left = OUTAGE.saturating_sub(down.elapsed());
             std::thread::sleep(left);
             Ok((seen, config, down.elapsed().as_secs_f64()))
@@ -867,7 +911,7 @@ impl Faults<'_> {
         );
         self.delete_and_check(NS, &all)?;
         Ok(format!(
-            "down {outage:.0}s; new resources said Synced=False {:?}; config WorkerReady=False {}: {:?}; all converged, each created once",
+            "down {outage:.0}s; new resources said Synced=False {:?}; config WorkerReady=False {}: {:?}; worker /readyz 503 names the unreachable server; all converged, each created once",
             synced.message, config.reason, config.message
         ))
     }
