@@ -226,25 +226,51 @@ async fn reconcile_inner<K: ConfigKindExt>(obj: &K, ctx: &Ctx) -> Result<Action,
         &ctx.log_format,
         ctx.default_poll,
     );
+    // Each object is applied only when it is missing or differs from what was last applied
+    // (a hash annotation): the 30-second resync then costs reads, not writes.
     let pp = PatchParams::apply(PROVIDER_MANAGER).force();
     if let Some(sa) = &objects.service_account {
-        Api::<ServiceAccount>::namespaced(ctx.client.clone(), &objects.namespace)
-            .patch(&objects.name, &pp, &Patch::Apply(sa))
-            .await?;
+        let mut sa = sa.clone();
+        let hash = workers::stamp(&mut sa);
+        let api = Api::<ServiceAccount>::namespaced(ctx.client.clone(), &objects.namespace);
+        if workers::needs_apply(
+            api.get_opt(&objects.name).await?.as_ref().map(|o| &o.metadata),
+            &hash,
+        ) {
+            api.patch(&objects.name, &pp, &Patch::Apply(&sa)).await?;
+        }
     }
     for (role, binding) in &objects.access {
         let ns = role.metadata.namespace.clone().unwrap_or_default();
-        Api::<Role>::namespaced(ctx.client.clone(), &ns)
-            .patch(&objects.name, &pp, &Patch::Apply(role))
-            .await?;
-        Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
-            .patch(&objects.name, &pp, &Patch::Apply(binding))
-            .await?;
+        let (mut role, mut binding) = (role.clone(), binding.clone());
+        let hash = workers::stamp(&mut role);
+        let api = Api::<Role>::namespaced(ctx.client.clone(), &ns);
+        if workers::needs_apply(
+            api.get_opt(&objects.name).await?.as_ref().map(|o| &o.metadata),
+            &hash,
+        ) {
+            api.patch(&objects.name, &pp, &Patch::Apply(&role)).await?;
+        }
+        let hash = workers::stamp(&mut binding);
+        let api = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns);
+        if workers::needs_apply(
+            api.get_opt(&objects.name).await?.as_ref().map(|o| &o.metadata),
+            &hash,
+        ) {
+            api.patch(&objects.name, &pp, &Patch::Apply(&binding)).await?;
+        }
     }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &objects.namespace);
-    let deployment = deployments
-        .patch(&objects.name, &pp, &Patch::Apply(&objects.deployment))
-        .await?;
+    let mut desired = objects.deployment.clone();
+    let hash = workers::stamp(&mut desired);
+    let deployment = match deployments.get_opt(&objects.name).await? {
+        Some(live) if !workers::deployment_needs_apply(Some(&live), &desired, &hash) => live,
+        _ => {
+            deployments
+                .patch(&objects.name, &pp, &Patch::Apply(&desired))
+                .await?
+        }
+    };
 
     // Worker health: Deployment availability and Lease freshness.
     let available = deployment

@@ -201,6 +201,8 @@ where
             watcher::Config::default().any_semantic(),
         )
         .with_config(ControllerConfig::default().concurrency(concurrency))
+        // Back within seconds of an apiserver restart (apis::backoff).
+        .trigger_backoff(apis::backoff::WatchBackoff::default())
         // The worker's status change is what moves a resource forward: map it back.
         .watches(
             items,
@@ -233,6 +235,8 @@ where
             watcher::Config::default().any_semantic(),
         )
         .with_config(ControllerConfig::default().concurrency(concurrency))
+        // Back within seconds of an apiserver restart (apis::backoff).
+        .trigger_backoff(apis::backoff::WatchBackoff::default())
         .owns(
             Api::<Deployment>::all(ctx.client.clone()),
             watcher::Config::default().labels(&format!(

@@ -140,7 +140,8 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
     let selector = format!("{LABEL_WORKER}={}", config.worker_name);
     let mut events = Box::pin(
         watcher(api.clone(), watcher::Config::default().labels(&selector))
-            .default_backoff()
+            // A short ceiling: back within seconds of an apiserver restart (apis::backoff).
+            .backoff(apis::backoff::WatchBackoff::default())
             .reflect(writer),
     );
 
@@ -241,16 +242,13 @@ pub async fn run(mut config: WorkerConfig) -> Result<(), RunError> {
                     let (namespace, lease_name) = (config.namespace.clone(), config.worker_name.clone());
                     tokio::spawn(async move {
                         let result = pool.ping().await;
-                        health.sql_ok.store(result.is_ok(), Ordering::Relaxed);
-                        // Report on the Lease (and in the log) only what changed; the first
-                        // ping always, to clear what a previous holder left.
+                        // Readiness, and the log line when reachability changes.
+                        health.record_ping(result.as_ref().map(drop).map_err(|e| e.to_string()));
+                        // Report on the Lease only what changed; the first ping always, to
+                        // clear what a previous holder left.
                         let report = k8s::connection_report(result.as_ref().err());
                         let mut last = reported.lock().await;
                         if last.as_ref() != Some(&report) {
-                            match &result {
-                                Err(e) => tracing::warn!(reason = e.kind.label(), error = %e, "cannot reach SQL Server"),
-                                Ok(()) => tracing::info!("SQL Server reachable"),
-                            }
                             let write = tokio::time::timeout(
                                 Duration::from_secs(10),
                                 k8s::report_connection(&client, &namespace, &lease_name, &report),

@@ -313,3 +313,19 @@ async fn an_expired_token_is_replaced_and_the_login_retried_at_once() {
     );
     emu.shutdown().await;
 }
+
+/// While SQL Server is down (nothing listens), the error says which server cannot be reached:
+/// that text is what a resource's Synced condition shows during an outage.
+#[tokio::test]
+async fn an_unreachable_server_is_named_in_the_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let err = pool(addr).ping().await.expect_err("nothing listens there");
+    assert_eq!(err.kind, ErrorKind::Transient, "{err:?}");
+    assert!(
+        err.message
+            .contains(&format!("cannot connect to SQL Server at {addr}")),
+        "{err:?}"
+    );
+}

@@ -999,7 +999,7 @@ fn diff_writes(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> BTreeMap
 }
 
 /// One HTTP/1.0 request to the emulator's admin interface on loopback; the body of a 2xx.
-fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<String> {
+pub(crate) fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .with_context(|| format!("connecting to the emulator admin port {port}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;

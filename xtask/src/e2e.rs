@@ -59,6 +59,47 @@ impl Session {
         cmd
     }
 
+    /// Stops the emulator (SIGINT, so it saves its catalog) and waits until it is gone:
+    /// SQL Server is unreachable (connections refused) until [`Session::start_emulator`].
+    pub fn stop_emulator(&mut self) -> Result<()> {
+        if self.emulator.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let _ = Command::new("kill")
+            .args(["-s", "INT", "--", &self.emulator.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.emulator.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                self.emulator.kill()?;
+                self.emulator.wait()?;
+                bail!("the emulator did not stop within 20 s of SIGINT (its catalog is lost)");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Starts the emulator again after [`Session::stop_emulator`]: same ports, same password,
+    /// the catalog it saved. Its counters start at zero.
+    pub fn start_emulator(&mut self) -> Result<()> {
+        let (child, tds, admin) = start_emulator(
+            &self.dir,
+            &self.sa_password,
+            &self.fedauth_key,
+            Some((self.sql_port, self.admin_port)),
+        )?;
+        self.emulator = child;
+        if (tds, admin) != (self.sql_port, self.admin_port) {
+            bail!(
+                "the emulator came back on {tds}/{admin}, not {}/{}",
+                self.sql_port,
+                self.admin_port
+            );
+        }
+        Ok(())
+    }
+
     /// Stops the emulator and the environment.
     pub fn stop(mut self) -> Result<()> {
         let _ = Command::new("kill")
@@ -86,20 +127,46 @@ fn run_password() -> String {
     format!("E2e!{:x}{}Aa9", nanos, std::process::id())
 }
 
-/// Starts the emulator on loopback with ephemeral ports; reads them from its first line.
-fn start_emulator(dir: &Path, password: &str, fedauth_key: &str) -> Result<(Child, u16, u16)> {
+/// Where the emulator writes its catalog when stopped with SIGINT (read back on a restart).
+fn emulator_state(dir: &Path) -> PathBuf {
+    dir.join("emulator-state.json")
+}
+
+/// Starts the emulator on loopback; reads its ports from its first line. `ports` `None`: a
+/// fresh catalog on ephemeral ports; `Some((tds, admin))`: the same ports again, with the
+/// catalog it saved when it was stopped ([`Session::stop_emulator`]). `fedauth_key` verifies
+/// the Entra tokens of the identity suite's fake token endpoint.
+fn start_emulator(
+    dir: &Path,
+    password: &str,
+    fedauth_key: &str,
+    ports: Option<(u16, u16)>,
+) -> Result<(Child, u16, u16)> {
     let bin = cluster::target_dir().join("debug").join("mssql-emulator");
-    let log = std::fs::File::create(dir.join("logs").join("emulator.log"))?;
+    let state = emulator_state(dir);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(ports.is_some())
+        .write(true)
+        .truncate(ports.is_none())
+        .open(dir.join("logs").join("emulator.log"))?;
     stop_recorded_emulator(dir);
+    if ports.is_none() {
+        // A catalog left by an earlier run in this directory is not this run's.
+        let _ = std::fs::remove_file(&state);
+    }
+    let (tds, admin) = ports.unwrap_or((0, 0));
     let mut child = Command::new(&bin)
         .args([
             "--listen",
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{tds}"),
             "--admin",
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{admin}"),
             "--sa-password",
             password,
+            "--state",
         ])
+        .arg(&state)
         .env("MSSQL_EMULATOR_FEDAUTH_KEY", fedauth_key)
         .env("MSSQL_EMULATOR_ENTRA_DIRECTORY", crate::identity::ENTRA_DIRECTORY)
         .stdout(Stdio::piped())
@@ -210,7 +277,7 @@ pub fn start_env(name: &str) -> Result<Session> {
     std::fs::create_dir_all(dir.join("logs"))?;
     let password = run_password();
     let fedauth_key = format!("fedauth-{}", run_password());
-    let (emulator, sql_port, admin_port) = match start_emulator(&dir, &password, &fedauth_key) {
+    let (emulator, sql_port, admin_port) = match start_emulator(&dir, &password, &fedauth_key, None) {
         Ok(started) => started,
         Err(e) => {
             cluster::down(&dir)?;

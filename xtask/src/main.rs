@@ -14,6 +14,7 @@ mod crossplane_e2e;
 mod demo;
 mod e2e;
 mod emulator;
+mod faults;
 mod identity;
 mod scan;
 mod test;
@@ -79,6 +80,8 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Run the fault-injection scenarios on a fresh local environment (started and stopped).
+    Faults(faults::FaultsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,5 +95,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo { down } => demo::run(down),
         Command::Bench(args) => bench::run(&args),
         Command::Crossplane { bless, offline } => crossplane::run(bless, offline),
+        Command::Faults(args) => faults::run(&args),
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 #[derive(clap::Args)]
 pub struct TestArgs {
     /// Skip a step by name (repeatable): fmt, gen, clippy, deny, unit, emulator-clients,
-    /// crossplane, kuttl.
+    /// crossplane, kuttl, faults.
     #[arg(long = "skip", value_name = "STEP")]
     skip: Vec<String>,
 }
@@ -29,6 +29,7 @@ const STEPS: &[Step] = &[
     ("emulator-clients", crate::emulator::fidelity_clients),
     ("crossplane", crate::crossplane::step),
     ("kuttl", crate::e2e::all_suites),
+    ("faults", crate::faults::step),
 ];
 
 /// Runs the steps; keeps going after a failure so one run shows every problem.

@@ -705,6 +705,11 @@ async fn request_loop(shared: &Arc<Shared>, wire: &mut Wire, sess: &mut Session)
                 );
             }
         }
+        if std::mem::take(&mut sess.lose_answer) {
+            // Ran (and, outside a transaction, committed); the answer never leaves.
+            rollback_on_close(shared, sess);
+            return Ok(());
+        }
         send_response(shared, wire, prefix, out, rpc).await?;
     }
 }
@@ -769,6 +774,11 @@ fn run_sql(
     let kinds = std::mem::take(&mut ex.kinds);
     drop(ex);
     drop(cat);
+    if let Some(t) = text
+        && shared.take_drop_after_fault(t)
+    {
+        sess.lose_answer = true;
+    }
     shared.count(|c| {
         for k in kinds {
             *c.statements.entry(k.to_string()).or_default() += 1;

@@ -149,6 +149,8 @@ pub struct Session {
     /// For a contained-database user's session: (database id, user principal id). Such a
     /// session has no login (login_id 0).
     pub contained: Option<(i32, i32)>,
+    /// The request just run matched the `drop_after` fault: close instead of answering.
+    pub lose_answer: bool,
 }
 
 impl Session {
@@ -168,6 +170,7 @@ impl Session {
             options: BTreeMap::new(),
             use_db_env: true,
             contained: None,
+            lose_answer: false,
         }
     }
 }

@@ -28,7 +28,7 @@ pub mod tds;
 pub mod value;
 
 pub use engine::Identity;
-pub use server::{Counters, FailRule, FaultRequest, FaultState};
+pub use server::{Counters, DropAfterRule, FailRule, FaultRequest, FaultState};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

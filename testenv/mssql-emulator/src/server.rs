@@ -48,6 +48,19 @@ pub struct FaultRequest {
     /// Refuse every login with 18456 for this many seconds from now.
     #[serde(default)]
     pub refuse_logins_secs: Option<u64>,
+    /// Run the next `count` requests whose SQL contains `pattern`, then close the connection
+    /// instead of sending their answers: the client cannot tell whether they ran (they did).
+    #[serde(default)]
+    pub drop_after: Option<DropAfterRule>,
+}
+
+/// "Executed, answer lost" rule of [`FaultRequest::drop_after`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DropAfterRule {
+    /// Substring to look for in the request's SQL text (case-insensitive).
+    pub pattern: String,
+    /// How many matching requests lose their answer (0 clears the rule).
+    pub count: u64,
 }
 
 /// One-shot failure rule.
@@ -73,6 +86,8 @@ pub struct FaultState {
     pub fail_next: Option<FailRule>,
     /// Milliseconds left during which logins are refused.
     pub refuse_logins_ms_left: u64,
+    /// Pending "executed, answer lost" rule (its count is what is left).
+    pub drop_after: Option<DropAfterRule>,
     #[serde(skip)]
     refuse_until: Option<Instant>,
 }
@@ -208,6 +223,9 @@ impl Shared {
         if let Some(s) = req.refuse_logins_secs {
             f.refuse_until = (s > 0).then(|| Instant::now() + std::time::Duration::from_secs(s));
         }
+        if let Some(rule) = req.drop_after {
+            f.drop_after = (rule.count > 0).then_some(rule);
+        }
     }
 
     /// Current fault settings.
@@ -222,6 +240,22 @@ impl Shared {
 
     pub(crate) fn delay_ms(&self) -> u64 {
         lock(&self.faults).delay_ms
+    }
+
+    /// Whether the answer to this (already executed) SQL must be lost; counts the rule down.
+    pub(crate) fn take_drop_after_fault(&self, sql: &str) -> bool {
+        let mut f = lock(&self.faults);
+        let Some(rule) = f.drop_after.as_mut() else {
+            return false;
+        };
+        if !sql.to_lowercase().contains(&rule.pattern.to_lowercase()) {
+            return false;
+        }
+        rule.count -= 1;
+        if rule.count == 0 {
+            f.drop_after = None;
+        }
+        true
     }
 
     pub(crate) fn take_drop_fault(&self) -> bool {

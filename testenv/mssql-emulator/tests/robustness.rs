@@ -280,6 +280,32 @@ async fn admin_interface_counters_faults_dump_reset() {
     let mut c = connect(base.clone()).await.expect("reconnect");
     ok(&mut c, "SELECT 1").await;
 
+    // drop_after: the matching statement runs, then the connection closes without an
+    // answer; requests that do not match are answered.
+    let (st, _) = http(
+        emu.admin_addr(),
+        "POST",
+        "/faults",
+        r#"{"drop_after": {"pattern": "create database", "count": 1}}"#,
+    )
+    .await;
+    assert_eq!(st, 200);
+    ok(&mut c, "SELECT 1").await;
+    assert!(run(&mut c, "CREATE DATABASE lost_answer").await.is_err());
+    assert!(
+        emu.catalog_json()["databases"]
+            .as_array()
+            .expect("databases")
+            .iter()
+            .any(|d| d["name"] == "lost_answer"),
+        "the statement ran although its answer was lost"
+    );
+    let (_, body) = http(emu.admin_addr(), "GET", "/faults", "").await;
+    let state: mssql_emulator::FaultState = serde_json::from_str(&body).expect("faults JSON");
+    assert_eq!(state.drop_after, None, "the rule is used up");
+    let mut c = connect(base.clone()).await.expect("reconnect");
+    ok(&mut c, "CREATE DATABASE answered").await;
+
     // refuse_logins: 18456 until it expires (here: cleared again explicitly).
     let (st, _) = http(
         emu.admin_addr(),

@@ -306,11 +306,13 @@ impl SqlPool {
                     use tiberius::SqlBrowser;
                     TcpStream::connect_named(&config).await?
                 } else {
+                    // Say which server could not be reached: this text ends up in the
+                    // resource's Synced condition while SQL Server is down.
                     TcpStream::connect(config.get_addr())
                         .await
                         .map_err(|e| tiberius::error::Error::Io {
                             kind: e.kind(),
-                            message: e.to_string(),
+                            message: format!("cannot connect to SQL Server at {}: {e}", config.get_addr()),
                         })?
                 };
                 tcp.set_nodelay(true).ok();

@@ -643,3 +643,40 @@ pub fn status(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Restarts one recorded component (e.g. `kube-apiserver`) with the arguments `up` gave it:
+/// SIGTERM, `down_for` with it gone, start again (its earlier log is kept as
+/// `<name>.log.<n>`), wait until the apiserver answers `/readyz` again. For fault tests.
+pub fn restart_component(dir: &Path, name: &str, down_for: Duration) -> Result<()> {
+    let mut state = read_state(dir).context("no testenv state recorded")?;
+    let i = state
+        .components
+        .iter()
+        .position(|c| c.name == name)
+        .with_context(|| format!("no component {name} recorded"))?;
+    let c = state.components[i].clone();
+    if c.args.is_empty() {
+        bail!("{name} was recorded without its arguments: cannot restart it");
+    }
+    stop(&c, Duration::from_secs(15));
+    std::thread::sleep(down_for);
+    let logs = dir.join("logs");
+    let n = (1..)
+        .find(|n| !logs.join(format!("{name}.log.{n}")).exists())
+        .unwrap_or(1);
+    let _ = std::fs::rename(
+        logs.join(format!("{name}.log")),
+        logs.join(format!("{name}.log.{n}")),
+    );
+    state.components[i] = spawn(dir, name, &c.binary, &c.args)?;
+    write_state(dir, &state)?;
+    let tools = tools::ensure()?;
+    let started = [state.components[i].clone()];
+    wait(
+        dir,
+        "kube-apiserver /readyz",
+        Duration::from_secs(120),
+        &started,
+        || quiet_ok(kubectl(&tools, dir).args(["get", "--raw", "/readyz"])),
+    )
+}
