@@ -54,8 +54,6 @@ type Listing = HashMap<String, (String, String, String)>;
 
 /// Namespace of the managed resources the benchmark creates.
 const NAMESPACE: &str = "bench";
-/// Concurrent `kubectl apply` processes creating the resources of a scenario.
-const APPLY_PARALLELISM: usize = 4;
 /// Every scenario, in the order they run.
 const SCENARIOS: [&str; 4] = ["scale", "steady", "drift", "latency"];
 
@@ -352,56 +350,12 @@ spec:
         Ok(())
     }
 
-    /// Applies the documents of `yaml` with `APPLY_PARALLELISM` concurrent `kubectl apply
-    /// --server-side` processes (round-robin), so that creation is "at once" rather than paced
-    /// by one client's round trips. Bounded by --timeout-secs.
+    /// Applies the documents of `yaml` at once ([`e2e::apply_concurrently`]), bounded by
+    /// --timeout-secs.
     fn apply_parallel(&self, prefix: &str, yaml: &str) -> Result<()> {
         let docs: Vec<&str> = yaml.split("---\n").filter(|d| !d.trim().is_empty()).collect();
-        let mut children = Vec::new();
-        for part in 0..APPLY_PARALLELISM.min(docs.len()) {
-            let chunk: String = docs
-                .iter()
-                .skip(part)
-                .step_by(APPLY_PARALLELISM)
-                .map(|d| format!("---\n{d}"))
-                .collect();
-            let path = self.dir().join(format!("{prefix}-{part}.yaml"));
-            let log = self.dir().join(format!("{prefix}-{part}.log"));
-            std::fs::write(&path, chunk)?;
-            let child = self
-                .session
-                .kubectl()
-                .args(["apply", "--server-side", "-f"])
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log)?)
-                .spawn()
-                .context("starting kubectl apply")?;
-            children.push((child, log));
-        }
-        let deadline = Instant::now() + Duration::from_secs(self.args.timeout_secs);
-        let mut failed = Vec::new();
-        for (mut child, log) in children {
-            let status = loop {
-                if let Some(status) = child.try_wait()? {
-                    break Some(status);
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            };
-            if !status.is_some_and(|s| s.success()) {
-                let err = std::fs::read_to_string(&log).unwrap_or_default();
-                failed.push(format!("{}: {}", log.display(), err.trim()));
-            }
-        }
-        if !failed.is_empty() {
-            bail!("kubectl apply of {prefix}* failed: {}", failed.join("; "));
-        }
-        Ok(())
+        let timeout = Duration::from_secs(self.args.timeout_secs);
+        e2e::apply_concurrently(self.session, self.dir(), prefix, &docs, timeout)
     }
 
     /// Waits until every named config's worker is Ready.
@@ -456,8 +410,27 @@ spec:
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        // The worker Deployment rolls; give the provider a moment to see the change first.
-        std::thread::sleep(Duration::from_secs(3));
+        // The worker Deployment rolls: wait until it carries the new interval, so that the
+        // readiness wait below is about the new pods, not the old ones.
+        let want = format!("{}ms", (self.args.poll_interval_secs * 1000).max(1000));
+        e2e::wait_for(
+            "worker of config default has the new poll interval",
+            Duration::from_secs(60),
+            || {
+                e2e::jsonpath(
+                    self.session,
+                    &[
+                        "-n",
+                        e2e::PROVIDER_NAMESPACE,
+                        "get",
+                        "deployment",
+                        "sqlserver-worker-cpc-default",
+                        "-o",
+                        r#"jsonpath={.spec.template.spec.containers[0].env[?(@.name=="POLL_INTERVAL")].value}"#,
+                    ],
+                ) == want
+            },
+        )?;
         self.wait_workers(&self.configs)
     }
 

@@ -546,3 +546,63 @@ pub fn run(suites: &[String]) -> Result<()> {
     stopped?;
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
 }
+
+/// How many `kubectl apply` processes [`apply_concurrently`] runs at once.
+pub const APPLY_PARALLELISM: usize = 4;
+
+/// Applies `docs` (YAML or JSON documents) with [`APPLY_PARALLELISM`] concurrent `kubectl
+/// apply --server-side` processes, round-robin, so that they arrive together rather than paced
+/// by one client's round trips. Chunks and their logs go to `<dir>/<prefix>-<n>.{yaml,log}`;
+/// processes still running at `timeout` are killed and count as failed.
+pub fn apply_concurrently(
+    session: &Session,
+    dir: &Path,
+    prefix: &str,
+    docs: &[&str],
+    timeout: Duration,
+) -> Result<()> {
+    let mut children = Vec::new();
+    for part in 0..APPLY_PARALLELISM.min(docs.len()) {
+        let chunk: String = docs
+            .iter()
+            .skip(part)
+            .step_by(APPLY_PARALLELISM)
+            .map(|d| format!("---\n{d}\n"))
+            .collect();
+        let path = dir.join(format!("{prefix}-{part}.yaml"));
+        let log = dir.join(format!("{prefix}-{part}.log"));
+        std::fs::write(&path, chunk)?;
+        let child = session
+            .kubectl()
+            .args(["apply", "--server-side", "-f"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting kubectl apply")?;
+        children.push((child, log));
+    }
+    let deadline = Instant::now() + timeout;
+    let mut failed = Vec::new();
+    for (mut child, log) in children {
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if !status.is_some_and(|s| s.success()) {
+            let err = std::fs::read_to_string(&log).unwrap_or_default();
+            failed.push(format!("{}: {}", log.display(), err.trim()));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("kubectl apply of {prefix}* failed: {}", failed.join("; "));
+    }
+    Ok(())
+}

@@ -53,8 +53,6 @@ const TAKEOVER_SLACK_SECONDS: u64 = 15;
 const OUTAGE: Duration = Duration::from_secs(30);
 /// Bound of every wait for resources to converge.
 const CONVERGE: Duration = Duration::from_secs(300);
-/// Concurrent `kubectl apply` processes.
-const APPLY_PARALLELISM: usize = 4;
 
 /// Flags of `cargo xtask faults`.
 #[derive(clap::Args, Debug, Default)]
@@ -361,52 +359,11 @@ impl Faults<'_> {
         serde_json::from_str(&out).with_context(|| format!("kubectl {}: not JSON", args.join(" ")))
     }
 
-    /// Applies documents (YAML or JSON, separated by `---`) with server-side apply, in
-    /// `APPLY_PARALLELISM` concurrent kubectl processes so that they arrive together.
+    /// Applies documents (YAML or JSON) at once ([`e2e::apply_concurrently`]), within 120 s.
     fn apply(&self, file: &str, docs: &[String]) -> Result<()> {
-        let mut children = Vec::new();
-        for part in 0..APPLY_PARALLELISM.min(docs.len()) {
-            let chunk: String = docs
-                .iter()
-                .skip(part)
-                .step_by(APPLY_PARALLELISM)
-                .map(|d| format!("---\n{d}\n"))
-                .collect();
-            let path = self.dir().join(format!("faults-{file}-{part}.yaml"));
-            let log = self.dir().join(format!("faults-{file}-{part}.log"));
-            std::fs::write(&path, chunk)?;
-            let child = self
-                .s
-                .kubectl()
-                .args(["apply", "--server-side", "-f"])
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log)?)
-                .spawn()
-                .context("starting kubectl apply")?;
-            children.push((child, log));
-        }
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut failed = Vec::new();
-        for (mut child, log) in children {
-            let status = loop {
-                if let Some(status) = child.try_wait()? {
-                    break Some(status);
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            };
-            if !status.is_some_and(|s| s.success()) {
-                let err = std::fs::read_to_string(&log).unwrap_or_default();
-                failed.push(format!("{}: {}", log.display(), err.trim()));
-            }
-        }
-        ensure!(failed.is_empty(), "kubectl apply failed: {}", failed.join("; "));
-        Ok(())
+        let docs: Vec<&str> = docs.iter().map(String::as_str).collect();
+        let prefix = format!("faults-{file}");
+        e2e::apply_concurrently(self.s, self.dir(), &prefix, &docs, Duration::from_secs(120))
     }
 
     /// A namespace and the managed resources in it.
